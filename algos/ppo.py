@@ -1,0 +1,577 @@
+"""Proximal Policy Optimisation (PPO) with the clipped objective, for discrete actions.
+
+PPO (Schulman et al. 2017, https://arxiv.org/abs/1707.06347) alternates between collecting
+`num_steps` transitions from `num_envs` parallel environments with the current policy and
+running `update_epochs` epochs of minibatch gradient steps on a clipped surrogate objective,
+which keeps the new policy close to the one that collected the data. Advantages come from
+generalised advantage estimation (GAE, https://arxiv.org/abs/1506.02438). Everything, the
+environments included, runs inside one jitted `lax.scan`; `--num-seeds N` trains N agents at once.
+
+Usage:
+    python algos/ppo.py --env CartPole-v1
+    python algos/ppo.py --env Breakout-MinAtar --num-seeds 8 --total-timesteps 10000000
+    python algos/ppo.py --load-model runs/<run>/model.eqx --eval-only
+    python algos/ppo.py --help
+
+Environments: any gymnax id with a discrete action space (CartPole-v1, Acrobot-v1,
+Catch-bsuite, the MinAtar games, ...), including ids added with `gymnax.register`. Observations
+of rank 1 or 2 go through a 64-64 tanh MLP, rank-3 images through a small ReLU CNN.
+
+From your own code:
+    init, train_chunk, train = make_train(Args(env="CartPole-v1"))
+    state, metrics = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 8))
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import gymnax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import rlax
+import tyro
+from tensorboardX import SummaryWriter
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    env: str = "CartPole-v1"
+    """gymnax environment id (discrete actions)"""
+    seed: int = 0
+    """seed of the run; the seeds of its agents are derived from it"""
+    num_seeds: int = 1
+    """number of independent agents trained at once (vmapped, sharded over devices)"""
+    total_timesteps: int = 500_000
+    """environment steps per agent"""
+    num_envs: int = 4
+    """parallel environments per agent"""
+    num_steps: int = 128
+    """steps per environment in each rollout"""
+    learning_rate: float = 2.5e-4
+    """Adam learning rate"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0 over training"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of generalised advantage estimation"""
+    num_minibatches: int = 4
+    """minibatches per epoch"""
+    update_epochs: int = 4
+    """epochs over each rollout"""
+    norm_adv: bool = True
+    """normalise advantages within each minibatch"""
+    clip_coef: float = 0.2
+    """surrogate clipping epsilon"""
+    clip_vloss: bool = True
+    """clip the value loss around the old values, as the policy is clipped"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clipping"""
+    num_chunks: int = 10
+    """compiled chunks the run is split into; a progress line and log point after each"""
+    eval_episodes: int = 10
+    """greedy evaluation episodes per agent at the end"""
+    log_dir: str = "runs"
+    """folder that receives the run folder"""
+    track: bool = True
+    """write TensorBoard event files, one subfolder per seed"""
+    save_model: bool = False
+    """save the networks of all seeds to model.eqx in the run folder"""
+    load_model: str | None = None
+    """model.eqx to start from (its args.json must lie beside it)"""
+    eval_only: bool = False
+    """evaluate the loaded model without training"""
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def updates_per_chunk(self) -> int:
+        return self.total_timesteps // (self.batch_size * self.num_chunks)
+
+    @property
+    def num_updates(self) -> int:
+        """Updates actually run: total_timesteps rounded down to whole chunks."""
+        return self.updates_per_chunk * self.num_chunks
+
+
+class ConfigError(ValueError):
+    """Bad input that main reports as a one-line message."""
+
+
+def check_args(args: Args) -> None:
+    positive = ["num_seeds", "total_timesteps", "num_envs", "num_steps", "num_minibatches",
+                "update_epochs", "num_chunks", "eval_episodes"]
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.batch_size % args.num_minibatches:
+        raise ConfigError(f"--num-envs x --num-steps ({args.batch_size}) must be divisible by "
+                          f"--num-minibatches ({args.num_minibatches})")
+    if args.updates_per_chunk == 0 and not args.eval_only:
+        raise ConfigError(f"--total-timesteps ({args.total_timesteps}) must be at least --num-envs x "
+                          f"--num-steps x --num-chunks ({args.batch_size * args.num_chunks})")
+    if not args.learning_rate > 0:
+        raise ConfigError(f"--learning-rate must be positive, got {args.learning_rate}")
+    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        raise ConfigError("--gamma and --gae-lambda must lie in [0, 1]")
+    if args.eval_only and args.load_model is None:
+        raise ConfigError("--eval-only needs --load-model PATH")
+
+
+def make_env(args: Args):
+    if args.env not in gymnax.registered_envs:
+        raise ConfigError(f"unknown environment '{args.env}'. Valid ids: "
+                          + ", ".join(gymnax.registered_envs))
+    env, env_params = gymnax.make(args.env)
+    if not hasattr(env.action_space(env_params), "n"):
+        raise ConfigError(f"{args.env} has a continuous action space; ppo.py handles discrete "
+                          "actions only (continuous actions: algos/ppo_continuous.py)")
+    return env, env_params
+
+
+# ---------------------------------------------------------------------------------------------
+# Network: separate actor and critic, each a torso and a linear head (as CleanRL and PureJaxRL).
+
+
+def orthogonal_linear(key, in_features: int, out_features: int, scale: float) -> eqx.nn.Linear:
+    layer_key, init_key = jax.random.split(key)
+    layer = eqx.nn.Linear(in_features, out_features, key=layer_key)
+    weight = jax.nn.initializers.orthogonal(scale)(init_key, (out_features, in_features))
+    return eqx.tree_at(lambda l: (l.weight, l.bias), layer, (weight, jnp.zeros(out_features)))
+
+
+class Torso(eqx.Module):
+    """64-64 tanh MLP on flattened observations, or for images [H, W, C] a 3x3 conv with 16
+    channels, then one 128 ReLU layer (the MinAtar network of Young & Tian 2019)."""
+
+    conv: eqx.nn.Conv2d | None
+    layers: tuple[eqx.nn.Linear, ...]
+
+    def __init__(self, key, obs_shape: tuple[int, ...]):
+        conv_key, key_0, key_1 = jax.random.split(key, 3)
+        if len(obs_shape) == 3:
+            height, width, channels = obs_shape
+            self.conv = eqx.nn.Conv2d(channels, 16, kernel_size=3, key=conv_key)
+            conv_features = 16 * (height - 2) * (width - 2)
+            self.layers = (orthogonal_linear(key_0, conv_features, 128, math.sqrt(2)),)
+        else:
+            self.conv = None
+            in_features = math.prod(obs_shape)
+            self.layers = (orthogonal_linear(key_0, in_features, 64, math.sqrt(2)),
+                           orthogonal_linear(key_1, 64, 64, math.sqrt(2)))
+
+    @property
+    def out_features(self) -> int:
+        return self.layers[-1].out_features
+
+    def __call__(self, obs):
+        if self.conv is None:
+            x, activation = obs.ravel(), jnp.tanh
+        else:
+            x = jax.nn.relu(self.conv(jnp.transpose(obs, (2, 0, 1)))).ravel()  # Conv2d wants [C, H, W]
+            activation = jax.nn.relu
+        for layer in self.layers:
+            x = activation(layer(x))
+        return x
+
+
+class ActorCritic(eqx.Module):
+    """Arrays only, so it is a scan carry, a `jax.grad` argument and an `optax.init` target."""
+
+    actor_torso: Torso
+    actor_head: eqx.nn.Linear
+    critic_torso: Torso
+    critic_head: eqx.nn.Linear
+
+    def __init__(self, key, obs_shape: tuple[int, ...], num_actions: int):
+        keys = jax.random.split(key, 4)
+        self.actor_torso = Torso(keys[0], obs_shape)
+        self.critic_torso = Torso(keys[1], obs_shape)
+        # A small policy head starts near-uniform; the value head starts at unit scale.
+        self.actor_head = orthogonal_linear(keys[2], self.actor_torso.out_features, num_actions, 0.01)
+        self.critic_head = orthogonal_linear(keys[3], self.critic_torso.out_features, 1, 1.0)
+
+    def __call__(self, obs):
+        """One observation -> (logits [A], value [])."""
+        return self.actor_head(self.actor_torso(obs)), self.value(obs)
+
+    def value(self, obs):
+        return self.critic_head(self.critic_torso(obs))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+
+class Transition(NamedTuple):
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    final_obs: jax.Array  # the observation the step reached, before any auto-reset
+
+
+class TrainState(NamedTuple):
+    network: ActorCritic
+    opt_state: Any
+    env_state: Any  # gymnax state of the num_envs environments
+    obs: jax.Array  # [N, *obs_shape]
+    episode_return: jax.Array  # [N] return of the running episodes so far
+    episode_length: jax.Array  # [N]
+    key: jax.Array
+
+
+def ppo_loss(network: ActorCritic, minibatch, args: Args):
+    """Clipped-surrogate PPO loss of one minibatch; rlax's losses take it as a sequence."""
+    obs, action, old_log_prob, old_value, advantage, target = minibatch
+    logits, value = jax.vmap(network)(obs)  # [B, A], [B]
+    log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=1)[:, 0]
+    log_ratio = log_prob - old_log_prob
+    ratio = jnp.exp(log_ratio)
+    if args.norm_adv:
+        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+    pg_loss = rlax.clipped_surrogate_pg_loss(ratio, advantage, args.clip_coef)
+
+    value_loss = jnp.square(value - target)
+    if args.clip_vloss:
+        clipped_value = old_value + jnp.clip(value - old_value, -args.clip_coef, args.clip_coef)
+        value_loss = jnp.maximum(value_loss, jnp.square(clipped_value - target))
+    value_loss = 0.5 * value_loss.mean()
+
+    entropy_loss = rlax.entropy_loss(logits, jnp.ones_like(value))  # minus the mean entropy
+    loss = pg_loss + args.vf_coef * value_loss + args.ent_coef * entropy_loss
+    metrics = {
+        "loss": loss,
+        "policy_loss": pg_loss,
+        "value_loss": value_loss,
+        "entropy": -entropy_loss,
+        # The k3 estimator of KL(old || new) and the fraction of clipped ratios, as CleanRL logs.
+        "approx_kl": ((ratio - 1) - log_ratio).mean(),
+        "clipfrac": (jnp.abs(ratio - 1) > args.clip_coef).mean(),
+    }
+    return loss, metrics
+
+
+def make_train(args: Args):
+    """Returns pure functions for ONE agent: init(key) -> state, train_chunk(state) ->
+    (state, metrics) running `updates_per_chunk` updates, and train(key) -> (state, metrics)
+    for the whole run. vmap them over keys for several seeds."""
+    check_args(args)
+    env, env_params = make_env(args)
+    obs_shape = env.observation_space(env_params).shape
+    num_actions = env.action_space(env_params).n
+    T, N = args.num_steps, args.num_envs
+    updates_per_optimizer_step = args.update_epochs * args.num_minibatches
+
+    def learning_rate(count):
+        # Constant within an update, falling linearly from learning_rate to 0 (CleanRL).
+        return args.learning_rate * (1.0 - (count // updates_per_optimizer_step) / args.num_updates)
+
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(args.max_grad_norm),
+        optax.adam(learning_rate if args.anneal_lr else args.learning_rate, eps=1e-5),
+    )
+
+    def init(key) -> TrainState:
+        network_key, reset_key, key = jax.random.split(key, 3)
+        network = ActorCritic(network_key, obs_shape, num_actions)
+        obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, N), env_params)
+        return TrainState(network, optimizer.init(network), env_state, obs.astype(jnp.float32),
+                          jnp.zeros(N), jnp.zeros(N, jnp.int32), key)
+
+    def env_step(network, carry, noise_and_keys):
+        """One step of the N environments; the randomness was drawn before the scan."""
+        env_state, obs, episode_return, episode_length = carry
+        gumbel, step_keys = noise_and_keys  # [N, A], [N]
+        logits, value = jax.vmap(network)(obs)
+        action = jnp.argmax(logits + gumbel, axis=-1)  # Gumbel-max: a sample of softmax(logits)
+        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=1)[:, 0]
+        next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
+            env.step, (0, 0, 0, None))(step_keys, env_state, action, env_params)
+        next_obs = next_obs.astype(jnp.float32)
+        reward = reward.astype(jnp.float32)
+        done = terminated | truncated
+        episode_return = episode_return + reward
+        episode_length = episode_length + 1
+        episode_stats = (done, episode_return, episode_length)  # counted only where done
+        transition = Transition(obs, action, log_prob, value, reward, terminated, truncated,
+                                info["final_observation"].astype(jnp.float32))
+        carry = (env_state, next_obs, episode_return * ~done, episode_length * ~done)
+        return carry, (transition, episode_stats)
+
+    def update_step(state: TrainState, _):
+        key, gumbel_key, step_key, epoch_key = jax.random.split(state.key, 4)
+        network = state.network
+        noise_and_keys = (jax.random.gumbel(gumbel_key, (T, N, num_actions)),
+                          jax.random.split(step_key, (T, N)))
+        carry = (state.env_state, state.obs, state.episode_return, state.episode_length)
+        carry, (traj, (done, ep_return, ep_length)) = jax.lax.scan(
+            lambda c, x: env_step(network, c, x), carry, noise_and_keys)  # traj leaves: [T, N, ...]
+        env_state, obs, episode_return, episode_length = carry
+
+        # Bootstrapping stops only at termination. At a time limit, the value of the state the
+        # episode reached is folded into the reward, and the discount of 0 cuts the GAE trace.
+        last_value = jax.vmap(network.value)(obs)  # [N]
+        final_value = jax.vmap(jax.vmap(network.value))(traj.final_obs)  # [T, N]
+        time_limit = traj.truncated & ~traj.terminated
+        r_t = traj.reward + args.gamma * time_limit * final_value
+        discount_t = args.gamma * (1.0 - (traj.terminated | traj.truncated))
+        values = jnp.concatenate([traj.value, last_value[None]])  # [T + 1, N]
+        gae = lambda r, d, v: rlax.truncated_generalized_advantage_estimation(
+            r, d, args.gae_lambda, v, stop_target_gradients=True)
+        advantage = jax.vmap(gae, in_axes=1, out_axes=1)(r_t, discount_t, values)  # [T, N]
+        target = advantage + traj.value
+
+        # Flatten [T, N] into one batch [T * N] to split into minibatches.
+        batch = (traj.obs, traj.action, traj.log_prob, traj.value, advantage, target)
+        batch = jax.tree.map(lambda x: x.reshape(T * N, *x.shape[2:]), batch)
+
+        def minibatch_step(carry, minibatch):
+            network, opt_state = carry
+            grads, metrics = jax.grad(ppo_loss, has_aux=True)(network, minibatch, args)
+            updates, opt_state = optimizer.update(grads, opt_state)
+            return (optax.apply_updates(network, updates), opt_state), metrics
+
+        def epoch(carry, key):
+            permutation = jax.random.permutation(key, T * N)
+            indices = permutation.reshape(args.num_minibatches, args.minibatch_size)
+            minibatches = jax.tree.map(lambda x: x[indices], batch)  # [M, B / M, ...]
+            return jax.lax.scan(minibatch_step, carry, minibatches)
+
+        (network, opt_state), metrics = jax.lax.scan(
+            epoch, (network, state.opt_state), jax.random.split(epoch_key, args.update_epochs))
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics["episode_count"] = done.sum()
+        metrics["episode_return_sum"] = (ep_return * done).sum()
+        metrics["episode_length_sum"] = (ep_length * done).sum()
+        state = TrainState(network, opt_state, env_state, obs, episode_return, episode_length, key)
+        return state, metrics
+
+    def train_chunk(state: TrainState):
+        state, metrics = jax.lax.scan(update_step, state, length=args.updates_per_chunk)
+        sums = {k: metrics.pop(k).sum() for k in list(metrics) if k.startswith("episode_")}
+        losses = jax.tree.map(jnp.mean, metrics)
+        # A loss that went non-finite in any update of the chunk stays visible.
+        losses["finite"] = jnp.isfinite(metrics["loss"]).all()
+        return state, {**losses, **sums}
+
+    def train(key):
+        state = init(key)
+        return jax.lax.scan(lambda s, _: train_chunk(s), state, length=args.num_chunks)
+
+    return init, train_chunk, train
+
+
+def evaluate(network: ActorCritic, key, env, env_params, num_episodes: int):
+    """Greedy (argmax) policy; returns the return of each of num_episodes episodes [E]."""
+    reset_key, key = jax.random.split(key)
+    obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, num_episodes),
+                                                    env_params)
+
+    def still_running(carry):
+        return ~carry[3].all()
+
+    def step(carry):
+        env_state, obs, returns, finished, key = carry
+        key, step_key = jax.random.split(key)
+        logits, _ = jax.vmap(network)(obs.astype(jnp.float32))
+        obs, env_state, reward, terminated, truncated, _ = jax.vmap(env.step, (0, 0, 0, None))(
+            jax.random.split(step_key, num_episodes), env_state, jnp.argmax(logits, -1), env_params)
+        returns = returns + reward * ~finished
+        return env_state, obs, returns, finished | terminated | truncated, key
+
+    carry = (env_state, obs, jnp.zeros(num_episodes), jnp.zeros(num_episodes, bool), key)
+    return jax.lax.while_loop(still_running, step, carry)[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: devices, run folder, host loop over compiled chunks, logs, evaluation.
+
+
+def use_cpu_cores_as_devices():
+    """Expose each CPU core as a device so the seed axis spreads over them. Only possible
+    before JAX's first operation; a program that already used JAX keeps its devices."""
+    if "--xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+        # One thread per device: the small matrices of RL gain nothing from intra-op threads.
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+    try:
+        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    except RuntimeError:
+        pass
+
+
+def seed_sharding(num_seeds: int):
+    """Shard the leading (seed) axis over the largest number of devices that divides it."""
+    devices = jax.devices()
+    num_devices = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+    mesh = jax.sharding.Mesh(np.array(devices[:num_devices]), ("seed",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+
+
+def load_networks(path: str):
+    """Rebuild the networks of all seeds from the args.json beside the model file."""
+    args_path = os.path.join(os.path.dirname(path) or ".", "args.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"model file not found: {path}")
+    if not os.path.isfile(args_path):
+        raise ConfigError(f"{args_path} not found; it must lie beside the model file")
+    with open(args_path) as f:
+        saved = Args(**json.load(f))
+    env, env_params = make_env(saved)
+    obs_shape, num_actions = env.observation_space(env_params).shape, env.action_space(env_params).n
+    like = jax.vmap(lambda key: ActorCritic(key, obs_shape, num_actions))(
+        jax.random.split(jax.random.key(0), saved.num_seeds))
+    try:
+        return saved, eqx.tree_deserialise_leaves(path, like)
+    except Exception as error:  # a truncated or foreign file
+        raise ConfigError(f"cannot load {path}: it does not match the network that {args_path} "
+                          f"describes ({type(error).__name__}: {error})") from None
+
+
+def main(args: Args) -> None:
+    wall_start = time.perf_counter()
+    try:
+        check_args(args)
+        if args.load_model:
+            saved_args, loaded = load_networks(args.load_model)
+            if args.eval_only:
+                args = dataclasses.replace(saved_args, load_model=args.load_model, eval_only=True,
+                                           eval_episodes=args.eval_episodes, seed=args.seed,
+                                           log_dir=args.log_dir, track=args.track)
+            elif (saved_args.env, saved_args.num_seeds) != (args.env, args.num_seeds):
+                raise ConfigError(f"{args.load_model} holds {saved_args.num_seeds} seeds of "
+                                  f"{saved_args.env}; pass --env {saved_args.env} "
+                                  f"--num-seeds {saved_args.num_seeds}")
+        env, env_params = make_env(args)
+    except ConfigError as error:
+        sys.exit(f"ppo.py: error: {error}")
+
+    use_cpu_cores_as_devices()
+    run_name = f"{args.env}__ppo__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.log_dir, run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(dataclasses.asdict(args), f, indent=2)
+    writers = [SummaryWriter(os.path.join(run_dir, f"seed_{i}")) if args.track else None
+               for i in range(args.num_seeds)]
+
+    sharding = seed_sharding(args.num_seeds)
+    eval_key, train_key = jax.random.split(jax.random.key(args.seed))
+    keys = jax.device_put(jax.random.split(train_key, args.num_seeds), sharding)
+    summary = {"algo": "ppo", "env": args.env, "args": dataclasses.asdict(args),
+               "run_dir": run_dir, "interrupted": False}
+    compile_start = time.perf_counter()
+    evaluate_all = jax.jit(jax.vmap(lambda net, key: evaluate(net, key, env, env_params,
+                                                               args.eval_episodes)),
+                           out_shardings=sharding)
+    eval_keys = jax.device_put(jax.random.split(eval_key, args.num_seeds), sharding)
+
+    exit_code = 0
+    steps_done, train_seconds, train_returns = 0, 0.0, [None] * args.num_seeds
+    if args.eval_only:
+        network = jax.device_put(loaded, sharding)
+        evaluate_all = evaluate_all.lower(network, eval_keys).compile()
+        compile_seconds = time.perf_counter() - compile_start
+    else:
+        init, train_chunk, _ = make_train(args)
+        init_all = jax.jit(jax.vmap(init), out_shardings=sharding).lower(keys).compile()
+        state = init_all(keys)
+        if args.load_model:
+            state = state._replace(network=jax.device_put(loaded, sharding))
+        chunk_all = jax.jit(jax.vmap(train_chunk), out_shardings=sharding).lower(state).compile()
+        evaluate_all = evaluate_all.lower(state.network, eval_keys).compile()
+        compile_seconds = time.perf_counter() - compile_start
+
+        # Ctrl-C finishes the chunk that is running, then saves what there is.
+        interrupted = []
+        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        steps_per_chunk = args.updates_per_chunk * args.batch_size
+        for chunk in range(args.num_chunks):
+            chunk_start = time.perf_counter()
+            new_state, metrics = chunk_all(state)
+            metrics = jax.tree.map(np.asarray, metrics)  # waits for the chunk
+            train_seconds += time.perf_counter() - chunk_start
+            if not metrics["finite"].all():
+                seed = int(np.argmin(metrics["finite"]))
+                print(f"ppo.py: error: non-finite loss between steps {steps_done} and "
+                      f"{steps_done + steps_per_chunk} in seed {seed}; stopping, keeping the "
+                      "model of the last finite chunk", file=sys.stderr)
+                summary["error"] = f"non-finite loss in seed {seed} before step {steps_done + steps_per_chunk}"
+                exit_code = 1
+                break
+            state = new_state
+            steps_done += steps_per_chunk
+            sps = steps_done * args.num_seeds / train_seconds
+            count = metrics["episode_count"]
+            mean_return = metrics["episode_return_sum"] / np.maximum(count, 1)
+            mean_length = metrics["episode_length_sum"] / np.maximum(count, 1)
+            finished = count > 0
+            for i, writer in enumerate(writers):
+                if finished[i]:
+                    train_returns[i] = float(mean_return[i])
+                if writer is None:
+                    continue
+                if finished[i]:
+                    writer.add_scalar("charts/episodic_return", mean_return[i], steps_done)
+                    writer.add_scalar("charts/episodic_length", mean_length[i], steps_done)
+                writer.add_scalar("charts/SPS", sps / args.num_seeds, steps_done)
+                writer.add_scalar("charts/learning_rate", args.learning_rate * (
+                    1 - steps_done / (args.num_updates * args.batch_size) if args.anneal_lr else 1),
+                                  steps_done)
+                for name in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
+                    writer.add_scalar(f"losses/{name}", metrics[name][i], steps_done)
+            returns = (f"{mean_return[finished].mean():8.1f} ± {mean_return[finished].std():6.1f}"
+                       if finished.any() else "   (no episode ended)")
+            print(f"step {steps_done:>10,} | SPS {sps:>10,.0f} | return {returns}", flush=True)
+            if interrupted:
+                print("interrupted: stopping after this chunk", file=sys.stderr)
+                summary["interrupted"] = True
+                exit_code = 130
+                break
+        signal.signal(signal.SIGINT, previous_handler)
+        network = state.network
+
+    eval_returns = np.asarray(evaluate_all(network, eval_keys)).mean(axis=1)  # [S]
+    sps = steps_done * args.num_seeds / train_seconds if train_seconds else 0.0
+    summary.update(eval_returns=eval_returns.tolist(), train_returns=train_returns,
+                   steps=steps_done, sps=sps, compile_seconds=compile_seconds,
+                   wall_seconds=time.perf_counter() - wall_start)
+    for writer in writers:
+        if writer is not None:
+            writer.add_scalar("eval/episodic_return", float(eval_returns[writers.index(writer)]),
+                              steps_done)
+            writer.close()
+    if args.save_model:
+        eqx.tree_serialise_leaves(os.path.join(run_dir, "model.eqx"), network)
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"eval return {eval_returns.mean():.1f} ± {eval_returns.std():.1f} "
+          f"({args.eval_episodes} greedy episodes x {args.num_seeds} seeds) | SPS {sps:,.0f} | "
+          f"compile {compile_seconds:.1f} s | wall {summary['wall_seconds']:.1f} s | {run_dir}")
+    sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
