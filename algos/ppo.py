@@ -152,11 +152,13 @@ def make_env(args: Args):
 # Network: separate actor and critic, each a torso and a linear head (as CleanRL and PureJaxRL).
 
 
-def orthogonal_linear(key, in_features: int, out_features: int, scale: float) -> eqx.nn.Linear:
-    layer_key, init_key = jax.random.split(key)
-    layer = eqx.nn.Linear(in_features, out_features, key=layer_key)
-    weight = jax.nn.initializers.orthogonal(scale)(init_key, (out_features, in_features))
-    return eqx.tree_at(lambda l: (l.weight, l.bias), layer, (weight, jnp.zeros(out_features)))
+def orthogonal(layer_class, key, *shape_args, scale: float, column_axis: int = -1):
+    """An eqx.nn.Linear or Conv2d with orthogonal weights of gain `scale` and zero biases."""
+    # Shapes only: eval_shape builds the layer without running its default random init.
+    layer = eqx.filter_eval_shape(layer_class, *shape_args, key=jax.random.key(0))
+    weight = jax.nn.initializers.orthogonal(scale, column_axis)(key, layer.weight.shape)
+    bias = jnp.zeros(layer.bias.shape)
+    return eqx.tree_at(lambda l: (l.weight, l.bias), layer, (weight, bias))
 
 
 class Torso(eqx.Module):
@@ -170,14 +172,16 @@ class Torso(eqx.Module):
         conv_key, key_0, key_1 = jax.random.split(key, 3)
         if len(obs_shape) == 3:
             height, width, channels = obs_shape
-            self.conv = eqx.nn.Conv2d(channels, 16, kernel_size=3, key=conv_key)
+            # Weight [16, C, 3, 3]: the 16 output filters are the orthogonal columns.
+            self.conv = orthogonal(eqx.nn.Conv2d, conv_key, channels, 16, 3, scale=math.sqrt(2),
+                                   column_axis=0)
             conv_features = 16 * (height - 2) * (width - 2)
-            self.layers = (orthogonal_linear(key_0, conv_features, 128, math.sqrt(2)),)
+            self.layers = (orthogonal(eqx.nn.Linear, key_0, conv_features, 128, scale=math.sqrt(2)),)
         else:
             self.conv = None
             in_features = math.prod(obs_shape)
-            self.layers = (orthogonal_linear(key_0, in_features, 64, math.sqrt(2)),
-                           orthogonal_linear(key_1, 64, 64, math.sqrt(2)))
+            self.layers = (orthogonal(eqx.nn.Linear, key_0, in_features, 64, scale=math.sqrt(2)),
+                           orthogonal(eqx.nn.Linear, key_1, 64, 64, scale=math.sqrt(2)))
 
     @property
     def out_features(self) -> int:
@@ -207,8 +211,10 @@ class ActorCritic(eqx.Module):
         self.actor_torso = Torso(keys[0], obs_shape)
         self.critic_torso = Torso(keys[1], obs_shape)
         # A small policy head starts near-uniform; the value head starts at unit scale.
-        self.actor_head = orthogonal_linear(keys[2], self.actor_torso.out_features, num_actions, 0.01)
-        self.critic_head = orthogonal_linear(keys[3], self.critic_torso.out_features, 1, 1.0)
+        self.actor_head = orthogonal(eqx.nn.Linear, keys[2], self.actor_torso.out_features,
+                                     num_actions, scale=0.01)
+        self.critic_head = orthogonal(eqx.nn.Linear, keys[3], self.critic_torso.out_features, 1,
+                                      scale=1.0)
 
     def __call__(self, obs):
         """One observation -> (logits [A], value [])."""
