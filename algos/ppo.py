@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -419,13 +420,22 @@ def evaluate(network: ActorCritic, key, env, env_params, num_episodes: int):
 def use_cpu_cores_as_devices():
     """Expose each CPU core as a device so the seed axis spreads over them. Only possible
     before JAX's first operation; a program that already used JAX keeps its devices."""
-    if "--xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-        # One thread per device: the small matrices of RL gain nothing from intra-op threads.
-        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     try:
         jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
     except RuntimeError:
         pass
+
+
+def compile_ahead(jitted, *example_args, runs_once: bool = False):
+    """Lower and compile before the first call; example_args may be shapes alone."""
+    options = {}
+    if jax.default_backend() == "cpu":
+        # One thread per device: RL's small matrices lose more to thread hand-offs than they gain.
+        options["xla_cpu_multi_thread_eigen"] = False
+        # LLVM -O1 runs the training chunk as fast as the default -O3 and compiles it 0.4 s
+        # faster (measured on a 2-core CPU); init and evaluation run once, so -O0.
+        options["xla_backend_optimization_level"] = 0 if runs_once else 1
+    return jitted.lower(*example_args).compile(options)
 
 
 def seed_sharding(num_seeds: int):
@@ -456,6 +466,27 @@ def load_networks(path: str):
                           f"describes ({type(error).__name__}: {error})") from None
 
 
+def log_chunk(writers, metrics, step: int, sps: float, args: Args):
+    """Per-seed TensorBoard scalars of one chunk; returns the mean episodic return of each
+    seed [S], NaN for a seed where no episode ended (it logs no return then)."""
+    count = metrics["episode_count"]
+    mean_return = np.where(count > 0, metrics["episode_return_sum"] / np.maximum(count, 1), np.nan)
+    mean_length = metrics["episode_length_sum"] / np.maximum(count, 1)
+    # The learning rate of the chunk's last update, as the optimiser's schedule computed it.
+    updates_done = step // args.batch_size
+    learning_rate = args.learning_rate * (1 - (updates_done - 1) / args.num_updates
+                                          if args.anneal_lr else 1)
+    for seed, writer in enumerate(writers):
+        if count[seed] > 0:
+            writer.add_scalar("charts/episodic_return", mean_return[seed], step)
+            writer.add_scalar("charts/episodic_length", mean_length[seed], step)
+        writer.add_scalar("charts/SPS", sps / args.num_seeds, step)
+        writer.add_scalar("charts/learning_rate", learning_rate, step)
+        for name in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
+            writer.add_scalar(f"losses/{name}", metrics[name][seed], step)
+    return mean_return
+
+
 def main(args: Args) -> None:
     wall_start = time.perf_counter()
     try:
@@ -475,100 +506,90 @@ def main(args: Args) -> None:
         sys.exit(f"ppo.py: error: {error}")
 
     use_cpu_cores_as_devices()
-    run_name = f"{args.env}__ppo__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.log_dir, run_name)
+    run_dir = os.path.join(args.log_dir, f"{args.env}__ppo__{args.seed}__{int(time.time())}")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "args.json"), "w") as f:
         json.dump(dataclasses.asdict(args), f, indent=2)
-    writers = [SummaryWriter(os.path.join(run_dir, f"seed_{i}")) if args.track else None
-               for i in range(args.num_seeds)]
+    writers = [SummaryWriter(os.path.join(run_dir, f"seed_{i}")) for i in range(args.num_seeds)
+               ] if args.track else []
+    summary = {"algo": "ppo", "env": args.env, "args": dataclasses.asdict(args),
+               "run_dir": run_dir, "interrupted": False}
 
     sharding = seed_sharding(args.num_seeds)
     eval_key, train_key = jax.random.split(jax.random.key(args.seed))
-    keys = jax.device_put(jax.random.split(train_key, args.num_seeds), sharding)
-    summary = {"algo": "ppo", "env": args.env, "args": dataclasses.asdict(args),
-               "run_dir": run_dir, "interrupted": False}
-    compile_start = time.perf_counter()
-    evaluate_all = jax.jit(jax.vmap(lambda net, key: evaluate(net, key, env, env_params,
-                                                               args.eval_episodes)),
-                           out_shardings=sharding)
     eval_keys = jax.device_put(jax.random.split(eval_key, args.num_seeds), sharding)
-
-    exit_code = 0
-    steps_done, train_seconds, train_returns = 0, 0.0, [None] * args.num_seeds
+    evaluate_all = jax.jit(jax.vmap(lambda network, key: evaluate(
+        network, key, env, env_params, args.eval_episodes)),
+        in_shardings=sharding, out_shardings=sharding)
+    exit_code, steps_done, train_seconds = 0, 0, 0.0
+    train_returns = [None] * args.num_seeds
+    # Compilation takes seconds, so it overlaps with other work: init compiles in a background
+    # thread beside the training chunk, evaluation while the device trains. compile_seconds is
+    # the time the run waits for compilation.
+    compile_start = time.perf_counter()
     if args.eval_only:
         network = jax.device_put(loaded, sharding)
-        evaluate_all = evaluate_all.lower(network, eval_keys).compile()
+        evaluate_all = compile_ahead(evaluate_all, network, eval_keys, runs_once=True)
         compile_seconds = time.perf_counter() - compile_start
     else:
         init, train_chunk, _ = make_train(args)
-        init_all = jax.jit(jax.vmap(init), out_shardings=sharding).lower(keys).compile()
-        state = init_all(keys)
+        keys = jax.device_put(jax.random.split(train_key, args.num_seeds), sharding)
+        init_all = jax.jit(jax.vmap(init), out_shardings=sharding)
+        state_shape = init_all.eval_shape(keys)
+        background = ThreadPoolExecutor(1)
+        init_compiling = background.submit(compile_ahead, init_all, keys, runs_once=True)
+        chunk_all = compile_ahead(jax.jit(jax.vmap(train_chunk), in_shardings=sharding,
+                                          out_shardings=sharding), state_shape)
+        eval_compiling = background.submit(compile_ahead, evaluate_all, state_shape.network,
+                                           eval_keys, runs_once=True)
+        state = init_compiling.result()(keys)
         if args.load_model:
             state = state._replace(network=jax.device_put(loaded, sharding))
-        chunk_all = jax.jit(jax.vmap(train_chunk), out_shardings=sharding).lower(state).compile()
-        evaluate_all = evaluate_all.lower(state.network, eval_keys).compile()
         compile_seconds = time.perf_counter() - compile_start
 
         # Ctrl-C finishes the chunk that is running, then saves what there is.
         interrupted = []
         previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
         steps_per_chunk = args.updates_per_chunk * args.batch_size
-        for chunk in range(args.num_chunks):
+        for _ in range(args.num_chunks):
             chunk_start = time.perf_counter()
             new_state, metrics = chunk_all(state)
             metrics = jax.tree.map(np.asarray, metrics)  # waits for the chunk
             train_seconds += time.perf_counter() - chunk_start
             if not metrics["finite"].all():
                 seed = int(np.argmin(metrics["finite"]))
-                print(f"ppo.py: error: non-finite loss between steps {steps_done} and "
-                      f"{steps_done + steps_per_chunk} in seed {seed}; stopping, keeping the "
-                      "model of the last finite chunk", file=sys.stderr)
-                summary["error"] = f"non-finite loss in seed {seed} before step {steps_done + steps_per_chunk}"
+                summary["error"] = (f"non-finite loss between steps {steps_done} and "
+                                    f"{steps_done + steps_per_chunk} in seed {seed}")
+                print(f"ppo.py: error: {summary['error']}; stopping, keeping the model of the "
+                      "last finite chunk", file=sys.stderr)
                 exit_code = 1
                 break
-            state = new_state
-            steps_done += steps_per_chunk
+            state, steps_done = new_state, steps_done + steps_per_chunk
             sps = steps_done * args.num_seeds / train_seconds
-            count = metrics["episode_count"]
-            mean_return = metrics["episode_return_sum"] / np.maximum(count, 1)
-            mean_length = metrics["episode_length_sum"] / np.maximum(count, 1)
-            finished = count > 0
-            for i, writer in enumerate(writers):
-                if finished[i]:
-                    train_returns[i] = float(mean_return[i])
-                if writer is None:
-                    continue
-                if finished[i]:
-                    writer.add_scalar("charts/episodic_return", mean_return[i], steps_done)
-                    writer.add_scalar("charts/episodic_length", mean_length[i], steps_done)
-                writer.add_scalar("charts/SPS", sps / args.num_seeds, steps_done)
-                writer.add_scalar("charts/learning_rate", args.learning_rate * (
-                    1 - steps_done / (args.num_updates * args.batch_size) if args.anneal_lr else 1),
-                                  steps_done)
-                for name in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
-                    writer.add_scalar(f"losses/{name}", metrics[name][i], steps_done)
-            returns = (f"{mean_return[finished].mean():8.1f} ± {mean_return[finished].std():6.1f}"
-                       if finished.any() else "   (no episode ended)")
+            mean_return = log_chunk(writers, metrics, steps_done, sps, args)
+            train_returns = [r if np.isfinite(r) else old for r, old in zip(mean_return, train_returns)]
+            finished = mean_return[np.isfinite(mean_return)]
+            returns = (f"{finished.mean():8.1f} ± {finished.std():6.1f}" if finished.size
+                       else "   (no episode ended)")
             print(f"step {steps_done:>10,} | SPS {sps:>10,.0f} | return {returns}", flush=True)
             if interrupted:
                 print("interrupted: stopping after this chunk", file=sys.stderr)
-                summary["interrupted"] = True
-                exit_code = 130
+                summary["interrupted"], exit_code = True, 130
                 break
         signal.signal(signal.SIGINT, previous_handler)
         network = state.network
+        wait_start = time.perf_counter()
+        evaluate_all = eval_compiling.result()
+        compile_seconds += time.perf_counter() - wait_start
 
     eval_returns = np.asarray(evaluate_all(network, eval_keys)).mean(axis=1)  # [S]
     sps = steps_done * args.num_seeds / train_seconds if train_seconds else 0.0
     summary.update(eval_returns=eval_returns.tolist(), train_returns=train_returns,
                    steps=steps_done, sps=sps, compile_seconds=compile_seconds,
                    wall_seconds=time.perf_counter() - wall_start)
-    for writer in writers:
-        if writer is not None:
-            writer.add_scalar("eval/episodic_return", float(eval_returns[writers.index(writer)]),
-                              steps_done)
-            writer.close()
+    for writer, eval_return in zip(writers, eval_returns):
+        writer.add_scalar("eval/episodic_return", eval_return, steps_done)
+        writer.close()
     if args.save_model:
         eqx.tree_serialise_leaves(os.path.join(run_dir, "model.eqx"), network)
     with open(os.path.join(run_dir, "summary.json"), "w") as f:

@@ -98,8 +98,9 @@ def test_tiny_run_writes_summary_args_events_and_model(tiny_run):
         assert events["charts/episodic_return"] == pytest.approx(events["charts/episodic_length"])
         assert events["charts/episodic_return"][5120] == pytest.approx(summary["train_returns"][seed])
         assert events["eval/episodic_return"] == {5120: pytest.approx(summary["eval_returns"][seed])}
-        # Annealed linearly to 0 over the run.
-        assert events["charts/learning_rate"] == {2560: pytest.approx(1.25e-4), 5120: 0.0}
+        # the rate of the last update of each chunk: 10 updates, 5 per chunk, linear to 0
+        assert events["charts/learning_rate"] == {2560: pytest.approx(2.5e-4 * 0.6),
+                                                   5120: pytest.approx(2.5e-4 * 0.1)}
         assert 0 < events["losses/entropy"][2560] <= math.log(2) + 1e-6
 
 
