@@ -292,11 +292,11 @@ def make_train(args: Args):
     obs_shape = env.observation_space(env_params).shape
     num_actions = env.action_space(env_params).n
     T, N = args.num_steps, args.num_envs
-    updates_per_optimizer_step = args.update_epochs * args.num_minibatches
+    optimizer_steps_per_update = args.update_epochs * args.num_minibatches
 
     def learning_rate(count):
         # Constant within an update, falling linearly from learning_rate to 0 (CleanRL).
-        return args.learning_rate * (1.0 - (count // updates_per_optimizer_step) / args.num_updates)
+        return args.learning_rate * (1.0 - (count // optimizer_steps_per_update) / args.num_updates)
 
     # flatten: clipping and Adam see one flat vector, a few large operations instead of many
     # small ones per layer (faster on a CPU, and quicker to compile).
