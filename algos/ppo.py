@@ -32,6 +32,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
+if __name__ == "__main__":
+    # From the command line, each CPU core is a JAX device, so the seed axis spreads over the
+    # cores. This must precede JAX's first operation, which `import gymnax` already runs; a
+    # program that imports this file keeps the devices it set up.
+    os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
+
 import equinox as eqx
 import gymnax
 import jax
@@ -423,15 +429,6 @@ def evaluate(network: ActorCritic, key, env, env_params, num_episodes: int):
 # Command line: devices, run folder, host loop over compiled chunks, logs, evaluation.
 
 
-def use_cpu_cores_as_devices():
-    """Expose each CPU core as a device so the seed axis spreads over them. Only possible
-    before JAX's first operation; a program that already used JAX keeps its devices."""
-    try:
-        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
-    except RuntimeError:
-        pass
-
-
 def compile_ahead(jitted, *example_args, runs_once: bool = False):
     """Lower and compile before the first call; example_args may be shapes alone."""
     options = {}
@@ -511,17 +508,15 @@ def main(args: Args) -> None:
     except ConfigError as error:
         sys.exit(f"ppo.py: error: {error}")
 
-    use_cpu_cores_as_devices()
     run_dir = os.path.join(args.log_dir, f"{args.env}__ppo__{args.seed}__{int(time.time())}")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "args.json"), "w") as f:
         json.dump(dataclasses.asdict(args), f, indent=2)
     writers = [SummaryWriter(os.path.join(run_dir, f"seed_{i}")) for i in range(args.num_seeds)
                ] if args.track else []
-    summary = {"algo": "ppo", "env": args.env, "args": dataclasses.asdict(args),
-               "run_dir": run_dir, "interrupted": False}
-
     sharding = seed_sharding(args.num_seeds)
+    summary = {"algo": "ppo", "env": args.env, "args": dataclasses.asdict(args), "run_dir": run_dir,
+               "devices": sharding.mesh.size, "interrupted": False}
     eval_key, train_key = jax.random.split(jax.random.key(args.seed))
     eval_keys = jax.device_put(jax.random.split(eval_key, args.num_seeds), sharding)
     evaluate_all = jax.jit(jax.vmap(lambda network, key: evaluate(

@@ -73,7 +73,7 @@ def test_tiny_run_writes_summary_args_events_and_model(tiny_run):
 
     summary = run.summary
     for key in ["algo", "env", "args", "eval_returns", "train_returns", "sps", "compile_seconds",
-                "wall_seconds", "interrupted", "steps"]:
+                "wall_seconds", "interrupted", "steps", "devices"]:
         assert key in summary, key
     assert "error" not in summary
     assert (summary["algo"], summary["env"]) == ("ppo", "CartPole-v1")
@@ -81,6 +81,8 @@ def test_tiny_run_writes_summary_args_events_and_model(tiny_run):
     assert run.args["total_timesteps"] == 6000 and run.args["num_seeds"] == 2
     assert summary["steps"] == TINY_STEPS  # rounded down to whole chunks
     assert summary["interrupted"] is False
+    # From the command line, each CPU core is a device and the 2 seeds spread over them.
+    assert summary["devices"] == (2 if os.cpu_count() >= 2 else 1)
     assert summary["sps"] > 0 and summary["compile_seconds"] > 0
     assert summary["wall_seconds"] > summary["compile_seconds"]
     for key in ["eval_returns", "train_returns"]:
@@ -469,7 +471,7 @@ def test_vmapped_orthogonal_init_does_not_deadlock():
     code = """
 import jax, numpy as np
 ppo = load_algo("ppo")
-ppo.use_cpu_cores_as_devices()
+assert len(jax.devices()) == 2, jax.devices()  # the seeds really run on parallel devices
 _, _, train = ppo.make_train(ppo.Args(num_envs=2, num_steps=16, num_minibatches=2,
                                       update_epochs=1, total_timesteps=64, num_chunks=2))
 sharding = ppo.seed_sharding(4)
@@ -478,7 +480,7 @@ state, metrics = jax.jit(jax.vmap(train), out_shardings=sharding)(keys)
 print("finite", bool(np.asarray(metrics["finite"]).all()))
 """
     try:
-        result = run_python(code, timeout=180, JAX_PLATFORMS="cpu")
+        result = run_python(code, timeout=180, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
     except subprocess.TimeoutExpired:
         pytest.fail("4 vmapped seeds with orthogonal init did not finish in 180 s: the jax "
                     "CPU deadlock of batched linear algebra (see requirements.txt)")
