@@ -415,7 +415,7 @@ def evaluate(network: ActorCritic, key, env, env_params, num_episodes: int):
     def step(carry):
         env_state, obs, returns, finished, key = carry
         key, step_key = jax.random.split(key)
-        logits, _ = jax.vmap(network)(obs.astype(jnp.float32))
+        logits = jax.vmap(network.policy)(obs.astype(jnp.float32))
         obs, env_state, reward, terminated, truncated, _ = jax.vmap(env.step, (0, 0, 0, None))(
             jax.random.split(step_key, num_episodes), env_state, jnp.argmax(logits, -1), env_params)
         returns = returns + reward * ~finished
@@ -509,7 +509,9 @@ def main(args: Args) -> None:
         sys.exit(f"ppo.py: error: {error}")
 
     run_dir = os.path.join(args.log_dir, f"{args.env}__ppo__{args.seed}__{int(time.time())}")
-    os.makedirs(run_dir, exist_ok=True)
+    while os.path.exists(run_dir):  # a run of the same env and seed started in the same second
+        run_dir += "_"
+    os.makedirs(run_dir)
     with open(os.path.join(run_dir, "args.json"), "w") as f:
         json.dump(dataclasses.asdict(args), f, indent=2)
     writers = [SummaryWriter(os.path.join(run_dir, f"seed_{i}")) for i in range(args.num_seeds)

@@ -10,7 +10,7 @@ vmapped over seeds and sharded over the CPU cores, compiled with main's options)
 subprocess that exposes the cores as devices before anything runs a JAX operation; it includes
 drawing the actions and keys, not the network or the update.
 
-    python docs/benchmarks/speed.py                        # full: about 4 minutes on 2 cores
+    python docs/benchmarks/speed.py                        # full: about 2.5 minutes on 2 cores
     python docs/benchmarks/speed.py --total-timesteps 20480 --many-seeds-timesteps 10240 \\
         --repeats 1 --out /tmp/speed.md                    # smoke test
 """
@@ -29,8 +29,8 @@ import common
 
 def env_only_sps(env_id: str, num_seeds: int, total_timesteps: int) -> dict:
     """Random-action SPS of the training loop's environment part. Call in a fresh process:
-    it exposes the CPU cores as devices, as ppo.main means to, which works only before any JAX
-    operation, and `import gymnax` (in loading ppo.py) runs one."""
+    it exposes the CPU cores as devices, as ppo.py's command line does, which works only before
+    any JAX operation, and `import gymnax` (in loading ppo.py) runs one."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -131,12 +131,14 @@ def main() -> None:
             end_to_end = [run.process_seconds for run in runs]
         env_only = run_env_only(cli.env, num_seeds, timesteps)
         sps = median_of(runs, "sps")
-        rows.append([num_seeds, f"{runs[0].summary['steps']:,}", f"{sps:,.0f}",
+        rows.append([num_seeds, f"{runs[0].summary['steps']:,}", runs[0].summary["devices"],
+                     f"{sps:,.0f}",
                      f"{median_of(runs, 'compile_seconds'):.1f}",
                      f"{median_of(runs, 'wall_seconds'):.1f}",
                      f"{statistics.median(run.process_seconds for run in runs):.1f}",
-                     f"{env_only['sps']:,.0f}", env_only["devices"],
-                     f"{sps / env_only['sps']:.1%}"])
+                     f"{env_only['sps']:,.0f}", f"{sps / env_only['sps']:.1%}"])
+        if env_only["devices"] != runs[0].summary["devices"]:  # then the fraction is unfair
+            rows[-1][-2] += f" ({env_only['devices']} devices)"
 
     command = f"python algos/ppo.py --env {cli.env}" + (
         "" if cli.total_timesteps == 500_000 else f" --total-timesteps {cli.total_timesteps}")
@@ -149,11 +151,11 @@ def main() -> None:
         "all seeds per second of training, compile excluded; compile is `compile_seconds`, the "
         "time the run waits for compilation; run wall is `wall_seconds`, from `main` to the "
         "end. Process is the whole `python` process, imports included. Env-only SPS: the same "
-        "environments with random actions, in the same scan, the seeds sharded over the "
-        "devices listed (the CPU cores, as ppo.py's `use_cpu_cores_as_devices` intends), no "
-        "network; the last column is the fraction of it that training reaches.\n\n"
-        + common.markdown_table(["seeds", "steps / seed", "training SPS", "compile s",
-                                 "run wall s", "process s", "env-only SPS", "env-only devices",
+        "environments with random actions, in the same scan and the same sharding of the "
+        "seeds over the devices (CPU cores), no network; the last column is the fraction of "
+        "it that training reaches.\n\n"
+        + common.markdown_table(["seeds", "steps / seed", "devices", "training SPS", "compile s",
+                                 "run wall s", "process s", "env-only SPS",
                                  "training / env-only"], rows)
         + f"\nEnd to end, `{command}` as a user waits for it: median "
         f"{statistics.median(end_to_end):.1f} s over {len(end_to_end)} runs "
