@@ -168,8 +168,11 @@ def orthogonal_linear(key, in_features: int, out_features: int, scale: float) ->
 
 
 class Torso(eqx.Module):
-    """64-64 tanh MLP on flattened observations, or for images [H, W, C] a 3x3 convolution with
-    16 channels and one 128-unit layer, both ReLU (the MinAtar network of Young & Tian 2019)."""
+    """64-64 tanh MLP on flattened observations; for images [H, W, C] a 3x3 convolution with 16
+    channels (as in Young & Tian 2019's MinAtar network), then a 256-256 MLP, all ReLU.
+
+    The 256-256 MLP after the conv is what makes PPO learn Breakout-MinAtar: with a single
+    128-unit layer (the MinAtar DQN network) the return stalled near 7 (docs/ppo.md)."""
 
     conv: eqx.nn.Linear | None  # the 3x3 convolution, as a Linear layer on 3x3 patches
     layers: tuple[eqx.nn.Linear, ...]
@@ -180,7 +183,8 @@ class Torso(eqx.Module):
             height, width, channels = obs_shape
             self.conv = orthogonal_linear(conv_key, 9 * channels, 16, math.sqrt(2))
             conv_features = 16 * (height - 2) * (width - 2)
-            self.layers = (orthogonal_linear(key_0, conv_features, 128, math.sqrt(2)),)
+            self.layers = (orthogonal_linear(key_0, conv_features, 256, math.sqrt(2)),
+                           orthogonal_linear(key_1, 256, 256, math.sqrt(2)))
         else:
             self.conv = None
             self.layers = (orthogonal_linear(key_0, math.prod(obs_shape), 64, math.sqrt(2)),
