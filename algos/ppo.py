@@ -433,8 +433,8 @@ def evaluate(network: ActorCritic, key, env, env_params, num_episodes: int):
 # Command line: devices, run folder, host loop over compiled chunks, logs, evaluation.
 
 
-def compile_ahead(jitted, *example_args, runs_once: bool = False):
-    """Lower and compile before the first call; example_args may be shapes alone."""
+def compile_ahead(lowered: jax.stages.Lowered, runs_once: bool = False) -> jax.stages.Compiled:
+    """Compile a lowered (traced) function with this file's compiler options."""
     options = {}
     if jax.default_backend() == "cpu":
         # One thread per device: RL's small matrices lose more to thread hand-offs than they gain.
@@ -442,7 +442,7 @@ def compile_ahead(jitted, *example_args, runs_once: bool = False):
         # LLVM -O1 runs the training chunk as fast as the default -O3 and compiles it 0.4 s
         # faster (measured on a 2-core CPU); init and evaluation run once, so -O0.
         options["xla_backend_optimization_level"] = 0 if runs_once else 1
-    return jitted.lower(*example_args).compile(options)
+    return lowered.compile(options)
 
 
 def seed_sharding(num_seeds: int):
@@ -530,26 +530,30 @@ def main(args: Args) -> None:
         in_shardings=sharding, out_shardings=sharding)
     exit_code, steps_done, train_seconds = 0, 0, 0.0
     train_returns = [None] * args.num_seeds
-    # Compilation takes seconds, so it overlaps with other work: init compiles in a background
-    # thread beside the training chunk, evaluation while the device trains. compile_seconds is
-    # the time the run waits for compilation.
+    # Compilation takes seconds, so it overlaps with other work. Tracing holds Python's lock and
+    # XLA's compiler uses every core, so: init compiles in a background thread while the main
+    # thread traces the training chunk, then the chunk compiles alone, and evaluation is traced
+    # and compiled while the device trains. compile_seconds is the time the run waits for
+    # tracing and compilation. (Measured on 2 cores: compiling init or evaluation beside the
+    # chunk slowed the chunk's compilation by about as much as it saved.)
     compile_start = time.perf_counter()
     if args.eval_only:
         network = jax.device_put(loaded, sharding)
-        evaluate_all = compile_ahead(evaluate_all, network, eval_keys, runs_once=True)
+        evaluate_all = compile_ahead(evaluate_all.lower(network, eval_keys), runs_once=True)
         compile_seconds = time.perf_counter() - compile_start
     else:
         init, train_chunk, _ = make_train(args)
         keys = jax.device_put(jax.random.split(train_key, args.num_seeds), sharding)
-        init_all = jax.jit(jax.vmap(init), out_shardings=sharding)
-        state_shape = init_all.eval_shape(keys)
+        init_lowered = jax.jit(jax.vmap(init), out_shardings=sharding).lower(keys)
+        state_shape = init_lowered.out_info
         background = ThreadPoolExecutor(1)
-        init_compiling = background.submit(compile_ahead, init_all, keys, runs_once=True)
-        chunk_all = compile_ahead(jax.jit(jax.vmap(train_chunk), in_shardings=sharding,
-                                          out_shardings=sharding), state_shape)
-        eval_compiling = background.submit(compile_ahead, evaluate_all, state_shape.network,
-                                           eval_keys, runs_once=True)
+        init_compiling = background.submit(compile_ahead, init_lowered, runs_once=True)
+        chunk_lowered = jax.jit(jax.vmap(train_chunk), in_shardings=sharding,
+                                out_shardings=sharding).lower(state_shape)
         state = init_compiling.result()(keys)
+        chunk_all = compile_ahead(chunk_lowered)
+        eval_compiling = background.submit(
+            lambda: compile_ahead(evaluate_all.lower(state_shape.network, eval_keys), runs_once=True))
         if args.load_model:
             state = state._replace(network=jax.device_put(loaded, sharding))
         compile_seconds = time.perf_counter() - compile_start

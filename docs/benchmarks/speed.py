@@ -73,7 +73,7 @@ def env_only_sps(env_id: str, num_seeds: int, total_timesteps: int) -> dict:
     compile_start = time.perf_counter()
     carry = jax.jit(jax.vmap(init), out_shardings=sharding)(keys)
     chunk_all = ppo.compile_ahead(jax.jit(jax.vmap(chunk), in_shardings=sharding,
-                                          out_shardings=sharding), carry)  # main's compile options
+                                          out_shardings=sharding).lower(carry))  # main's options
     compile_seconds = time.perf_counter() - compile_start
     seconds = 0.0
     for _ in range(args.num_chunks):
