@@ -556,8 +556,8 @@ def main(args: Args) -> None:
                                 out_shardings=sharding).lower(state_shape)
         state = init_compiling.result()(keys)
         chunk_all = compile_ahead(chunk_lowered)
-        eval_compiling = background.submit(
-            lambda: compile_ahead(evaluate_all.lower(state_shape.network, eval_keys), runs_once=True))
+        eval_compiling = background.submit(lambda: compile_ahead(
+            evaluate_all.lower(state_shape.network, eval_keys), runs_once=True))
         if args.load_model:
             state = state._replace(network=jax.device_put(loaded, sharding))
         compile_seconds = time.perf_counter() - compile_start

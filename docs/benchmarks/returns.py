@@ -43,8 +43,9 @@ SETTINGS = {
     "Catch-bsuite": Setting(200_000, 1.0, "1.0 is the maximum"),
     # The batch and learning rate of gymnax-blines (agents/Breakout-MinAtar/ppo.yaml: 64 envs,
     # 8 minibatches, lr 5e-4), annealed as ppo.py does (with 4 envs, an earlier, smaller image
-    # network stalled near 5.5). The image network trains at about 11,000 steps per second on 2 CPU cores, so 1.5M
-    # steps (15% of the published 10M) for 5 seeds take about 12 minutes.
+    # network stalled near 5.5). The image network trains at about 9,000-11,000 steps per
+    # second on 2 CPU cores, so 1.5M steps (15% of the published 10M) for 5 seeds take about
+    # 14 minutes.
     "Breakout-MinAtar": Setting(
         1_500_000, 22.9, f"22.9 ({GYMNAX_BLINES}, 10M steps)", num_seeds=5,
         flags=("--num-envs", "64", "--num-minibatches", "8", "--learning-rate", "5e-4")),
