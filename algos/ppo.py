@@ -6,11 +6,12 @@ running `update_epochs` epochs of minibatch gradient steps on a clipped surrogat
 which keeps the new policy close to the one that collected the data. Advantages come from
 generalised advantage estimation (GAE, https://arxiv.org/abs/1506.02438). Everything, the
 environments included, runs inside one jitted `lax.scan`; `--num-seeds N` trains N agents at once.
+Implementation details, measured returns and speed: docs/ppo.md.
 
 Usage:
     python algos/ppo.py --env CartPole-v1
     python algos/ppo.py --env Breakout-MinAtar --num-seeds 8 --total-timesteps 10000000
-    python algos/ppo.py --load-model runs/<run>/model.eqx --eval-only
+    python algos/ppo.py --load-model runs/<run>/model.eqx --eval-only --capture-video
     python algos/ppo.py --help
 
 Environments: any gymnax id with a discrete action space (CartPole-v1, Acrobot-v1,
@@ -105,6 +106,9 @@ class Args:
     """model.eqx to start from (its args.json must lie beside it)"""
     eval_only: bool = False
     """evaluate the loaded model without training"""
+    capture_video: bool = False
+    """after training, render one greedy episode of seed 0 to episode.gif in the run folder
+    (at most 200 frames; classic control renders about 5 frames a second)"""
 
     @property
     def batch_size(self) -> int:
@@ -243,7 +247,62 @@ class ActorCritic(eqx.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Training.
+# Loss of one sample; the minibatch loss is its mean (vmapped in make_train's minibatch_step).
+
+
+class Sample(NamedTuple):
+    """One transition of the update batch, with what the rollout and GAE computed for it."""
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array  # log pi_old(action | obs), of the policy that acted
+    value: jax.Array  # V_old(obs), of the critic before the update
+    advantage: jax.Array
+    target: jax.Array  # advantage + value, the critic's regression target
+
+
+def ppo_loss(network: ActorCritic, sample: Sample, args: Args):
+    """Clipped-surrogate PPO loss of one sample -> (loss, metrics). `sample.advantage` is
+    already normalised over its minibatch."""
+    logits, value = network(sample.obs)
+    log_probs = jax.nn.log_softmax(logits)
+    log_ratio = log_probs[sample.action] - sample.log_prob
+    ratio = jnp.exp(log_ratio)
+    clipped_ratio = jnp.clip(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    # rlax.clipped_surrogate_pg_loss, for one sample.
+    pg_loss = -jnp.minimum(ratio * sample.advantage, clipped_ratio * sample.advantage)
+
+    value_loss = jnp.square(value - sample.target)
+    if args.clip_vloss:
+        clipped_value = sample.value + jnp.clip(value - sample.value, -args.clip_coef, args.clip_coef)
+        value_loss = jnp.maximum(value_loss, jnp.square(clipped_value - sample.target))
+    value_loss = 0.5 * value_loss
+
+    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs)
+    loss = pg_loss + args.vf_coef * value_loss - args.ent_coef * entropy
+    metrics = {
+        "loss": loss,
+        "policy_loss": pg_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        # The k3 estimator of KL(old || new) and the fraction of clipped ratios, as CleanRL logs.
+        "approx_kl": (ratio - 1) - log_ratio,
+        "clipfrac": (jnp.abs(ratio - 1) > args.clip_coef).astype(jnp.float32),
+    }
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: one update = collect a rollout, compute advantages and targets, run the epochs.
+
+
+class EnvCarry(NamedTuple):
+    """What one environment carries from step to step."""
+
+    env_state: Any  # gymnax state
+    obs: jax.Array
+    episode_return: jax.Array  # return of the running episode so far
+    episode_length: jax.Array
 
 
 class Transition(NamedTuple):
@@ -256,45 +315,19 @@ class Transition(NamedTuple):
     final_obs: jax.Array  # the observation the step reached, before any auto-reset
 
 
+class EpisodeEnd(NamedTuple):
+    """Whether a step ended an episode, and that episode's return and length if it did."""
+
+    done: jax.Array
+    episode_return: jax.Array
+    episode_length: jax.Array
+
+
 class TrainState(NamedTuple):
     network: ActorCritic
     opt_state: Any
-    env_state: Any  # gymnax state of the num_envs environments
-    obs: jax.Array  # [N, *obs_shape]
-    episode_return: jax.Array  # [N] return of the running episodes so far
-    episode_length: jax.Array  # [N]
+    envs: EnvCarry  # leaves [N, ...], one row per environment
     key: jax.Array
-
-
-def ppo_loss(network: ActorCritic, minibatch, args: Args):
-    """Clipped-surrogate PPO loss of one minibatch; rlax's losses take it as a sequence."""
-    obs, action, old_log_prob, old_value, advantage, target = minibatch
-    logits, value = jax.vmap(network)(obs)  # [B, A], [B]
-    log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=1)[:, 0]
-    log_ratio = log_prob - old_log_prob
-    ratio = jnp.exp(log_ratio)
-    if args.norm_adv:
-        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-    pg_loss = rlax.clipped_surrogate_pg_loss(ratio, advantage, args.clip_coef)
-
-    value_loss = jnp.square(value - target)
-    if args.clip_vloss:
-        clipped_value = old_value + jnp.clip(value - old_value, -args.clip_coef, args.clip_coef)
-        value_loss = jnp.maximum(value_loss, jnp.square(clipped_value - target))
-    value_loss = 0.5 * value_loss.mean()
-
-    entropy_loss = rlax.entropy_loss(logits, jnp.ones_like(value))  # minus the mean entropy
-    loss = pg_loss + args.vf_coef * value_loss + args.ent_coef * entropy_loss
-    metrics = {
-        "loss": loss,
-        "policy_loss": pg_loss,
-        "value_loss": value_loss,
-        "entropy": -entropy_loss,
-        # The k3 estimator of KL(old || new) and the fraction of clipped ratios, as CleanRL logs.
-        "approx_kl": ((ratio - 1) - log_ratio).mean(),
-        "clipfrac": (jnp.abs(ratio - 1) > args.clip_coef).mean(),
-    }
-    return loss, metrics
 
 
 def make_train(args: Args):
@@ -312,97 +345,121 @@ def make_train(args: Args):
         # Constant within an update, falling linearly from learning_rate to 0 (CleanRL).
         return args.learning_rate * (1.0 - (count // optimizer_steps_per_update) / args.num_updates)
 
-    # flatten: clipping and Adam see one flat vector, a few large operations instead of many
-    # small ones per layer (faster on a CPU, and quicker to compile).
+    # inject_hyperparams keeps the rate of the last step in the optimiser state, where it is
+    # logged from. flatten: clipping and Adam see one flat vector, a few large operations
+    # instead of many small ones per layer (faster on a CPU, and quicker to compile).
+    adam = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))
     optimizer = optax.flatten(optax.chain(
         optax.clip_by_global_norm(args.max_grad_norm),
-        optax.adam(learning_rate if args.anneal_lr else args.learning_rate, eps=1e-5),
+        adam(learning_rate if args.anneal_lr else args.learning_rate, eps=1e-5),
     ))
 
     def init(key) -> TrainState:
         network_key, reset_key, key = jax.random.split(key, 3)
         network = ActorCritic(network_key, obs_shape, num_actions)
         obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, N), env_params)
-        return TrainState(network, optimizer.init(network), env_state, obs.astype(jnp.float32),
-                          jnp.zeros(N), jnp.zeros(N, jnp.int32), key)
+        envs = EnvCarry(env_state, obs.astype(jnp.float32), jnp.zeros(N), jnp.zeros(N, jnp.int32))
+        return TrainState(network, optimizer.init(network), envs, key)
 
-    def env_step(network, carry, noise_and_keys):
-        """One step of the N environments; the randomness was drawn before the scan."""
-        env_state, obs, episode_return, episode_length = carry
-        gumbel, step_keys = noise_and_keys  # [N, A], [N]
-        logits = jax.vmap(network.policy)(obs)
-        action = jnp.argmax(logits + gumbel, axis=-1)  # Gumbel-max: a sample of softmax(logits)
-        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=1)[:, 0]
-        next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
-            env.step, (0, 0, 0, None))(step_keys, env_state, action, env_params)
-        next_obs = next_obs.astype(jnp.float32)
+    def env_step(network: ActorCritic, carry: EnvCarry, gumbel, key):
+        """One step of one environment. `gumbel` [A] is drawn before the rollout: the argmax
+        of logits + Gumbel noise is a sample of softmax(logits) (the Gumbel-max trick)."""
+        logits = network.policy(carry.obs)
+        action = jnp.argmax(logits + gumbel)
+        log_prob = jax.nn.log_softmax(logits)[action]
+        obs, env_state, reward, terminated, truncated, info = env.step(
+            key, carry.env_state, action, env_params)
         reward = reward.astype(jnp.float32)
         done = terminated | truncated
-        episode_return = episode_return + reward
-        episode_length = episode_length + 1
-        episode_stats = (done, episode_return, episode_length)  # counted only where done
-        transition = Transition(obs, action, log_prob, reward, terminated, truncated,
+        episode_return = carry.episode_return + reward
+        episode_length = carry.episode_length + 1
+        transition = Transition(carry.obs, action, log_prob, reward, terminated, truncated,
                                 info["final_observation"].astype(jnp.float32))
-        carry = (env_state, next_obs, episode_return * ~done, episode_length * ~done)
-        return carry, (transition, episode_stats)
+        episode_end = EpisodeEnd(done, episode_return, episode_length)  # counted only where done
+        carry = EnvCarry(env_state, obs.astype(jnp.float32), episode_return * ~done,
+                         episode_length * ~done)
+        return carry, (transition, episode_end)
 
-    def update_step(state: TrainState, _):
-        key, gumbel_key, step_key, epoch_key = jax.random.split(state.key, 4)
-        network = state.network
-        noise_and_keys = (jax.random.gumbel(gumbel_key, (T, N, num_actions)),
-                          jax.random.split(step_key, (T, N)))
-        carry = (state.env_state, state.obs, state.episode_return, state.episode_length)
-        carry, (traj, (done, ep_return, ep_length)) = jax.lax.scan(
-            lambda c, x: env_step(network, c, x), carry, noise_and_keys)  # traj leaves: [T, N, ...]
-        env_state, obs, episode_return, episode_length = carry
+    def collect_rollout(network: ActorCritic, envs: EnvCarry, key):
+        """T steps of the N environments -> (envs, transitions [T, N], episode ends [T, N])."""
+        gumbel_key, step_key = jax.random.split(key)
+        # The rollout's randomness is drawn in two calls before the scan, not per step.
+        gumbel = jax.random.gumbel(gumbel_key, (T, N, num_actions))
+        step_keys = jax.random.split(step_key, (T, N))
+        step_all = jax.vmap(env_step, in_axes=(None, 0, 0, 0))
+        return jax.lax.scan(lambda envs, xs: step_all(network, envs, *xs), envs,
+                            (gumbel, step_keys))
 
+    def compute_advantages(network: ActorCritic, traj: Transition, last_obs) -> Sample:
+        """GAE of one environment's trajectory [T] -> its samples [T]; vmapped over envs."""
         # The rollout needed only the policy; values are computed here in one batch.
-        value = jax.vmap(jax.vmap(network.value))(traj.obs)  # [T, N]
-        last_value = jax.vmap(network.value)(obs)  # [N]
+        value = jax.vmap(network.value)(traj.obs)  # [T]
+        last_value = network.value(last_obs)
         # Bootstrapping stops only at termination. At a time limit, the value of the state the
         # episode reached is folded into the reward, and the discount of 0 cuts the GAE trace.
-        final_value = jax.vmap(jax.vmap(network.value))(traj.final_obs)  # [T, N]
+        final_value = jax.vmap(network.value)(traj.final_obs)  # [T]
         time_limit = traj.truncated & ~traj.terminated
         r_t = traj.reward + args.gamma * time_limit * final_value
         discount_t = args.gamma * (1.0 - (traj.terminated | traj.truncated))
-        values = jnp.concatenate([value, last_value[None]])  # [T + 1, N]
-        gae = lambda r, d, v: rlax.truncated_generalized_advantage_estimation(
-            r, d, args.gae_lambda, v, stop_target_gradients=True)
-        advantage = jax.vmap(gae, in_axes=1, out_axes=1)(r_t, discount_t, values)  # [T, N]
-        target = advantage + value
+        values = jnp.append(value, last_value)  # [T + 1]
+        advantage = rlax.truncated_generalized_advantage_estimation(
+            r_t, discount_t, args.gae_lambda, values)
+        return Sample(traj.obs, traj.action, traj.log_prob, value, advantage, advantage + value)
 
-        # Flatten [T, N] into one batch [T * N] to split into minibatches.
-        batch = (traj.obs, traj.action, traj.log_prob, value, advantage, target)
-        batch = jax.tree.map(lambda x: x.reshape(T * N, *x.shape[2:]), batch)
+    def minibatch_step(carry, minibatch: Sample):
+        """One gradient step on the mean loss of a minibatch [B]."""
+        network, opt_state = carry
+        if args.norm_adv:
+            advantage = minibatch.advantage
+            minibatch = minibatch._replace(
+                advantage=(advantage - advantage.mean()) / (advantage.std() + 1e-8))
 
-        def minibatch_step(carry, minibatch):
-            network, opt_state = carry
-            grads, metrics = jax.grad(ppo_loss, has_aux=True)(network, minibatch, args)
-            updates, opt_state = optimizer.update(grads, opt_state)
-            return (optax.apply_updates(network, updates), opt_state), metrics
+        def minibatch_loss(network):
+            loss, metrics = jax.vmap(ppo_loss, in_axes=(None, 0, None))(network, minibatch, args)
+            return loss.mean(), metrics
+
+        grads, metrics = jax.grad(minibatch_loss, has_aux=True)(network)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return (optax.apply_updates(network, updates), opt_state), jax.tree.map(jnp.mean, metrics)
+
+    def run_epochs(network: ActorCritic, opt_state, batch: Sample, key):
+        """update_epochs passes over the batch [T * N], each in a fresh random order of
+        num_minibatches minibatches -> (network, opt_state, mean metrics)."""
 
         def epoch(carry, key):
-            permutation = jax.random.permutation(key, T * N)
-            indices = permutation.reshape(args.num_minibatches, args.minibatch_size)
-            minibatches = jax.tree.map(lambda x: x[indices], batch)  # [M, B / M, ...]
+            order = jax.random.permutation(key, args.batch_size)
+            minibatches = jax.tree.map(
+                lambda x: x[order.reshape(args.num_minibatches, args.minibatch_size)], batch)
             return jax.lax.scan(minibatch_step, carry, minibatches)
 
         (network, opt_state), metrics = jax.lax.scan(
-            epoch, (network, state.opt_state), jax.random.split(epoch_key, args.update_epochs))
-        metrics = jax.tree.map(jnp.mean, metrics)
-        metrics["episode_count"] = done.sum()
-        metrics["episode_return_sum"] = (ep_return * done).sum()
-        metrics["episode_length_sum"] = (ep_length * done).sum()
-        state = TrainState(network, opt_state, env_state, obs, episode_return, episode_length, key)
-        return state, metrics
+            epoch, (network, opt_state), jax.random.split(key, args.update_epochs))
+        return network, opt_state, jax.tree.map(jnp.mean, metrics)
+
+    def update_step(state: TrainState, _):
+        key, rollout_key, epoch_key = jax.random.split(state.key, 3)
+        envs, (traj, episode_end) = collect_rollout(state.network, state.envs, rollout_key)
+        batch = jax.vmap(compute_advantages, in_axes=(None, 1, 0), out_axes=1)(
+            state.network, traj, envs.obs)  # [T, N]
+        batch = jax.tree.map(lambda x: x.reshape(T * N, *x.shape[2:]), batch)
+        network, opt_state, metrics = run_epochs(state.network, state.opt_state, batch, epoch_key)
+
+        metrics["learning_rate"] = optax.tree_utils.tree_get(opt_state, "hyperparams")["learning_rate"]
+        # How much of the targets' variance the critic explained before the update (CleanRL).
+        metrics["explained_variance"] = 1 - jnp.var(batch.target - batch.value) / jnp.var(batch.target)
+        metrics["episode_count"] = episode_end.done.sum()
+        metrics["episode_return_sum"] = (episode_end.episode_return * episode_end.done).sum()
+        metrics["episode_length_sum"] = (episode_end.episode_length * episode_end.done).sum()
+        return TrainState(network, opt_state, envs, key), metrics
 
     def train_chunk(state: TrainState):
         state, metrics = jax.lax.scan(update_step, state, length=args.updates_per_chunk)
         sums = {k: metrics.pop(k).sum() for k in list(metrics) if k.startswith("episode_")}
-        losses = jax.tree.map(jnp.mean, metrics)
+        means = jax.tree.map(jnp.mean, metrics)
+        means["learning_rate"] = metrics["learning_rate"][-1]  # the rate of the chunk's last step
         # A loss that went non-finite in any update of the chunk stays visible.
-        losses["finite"] = jnp.isfinite(metrics["loss"]).all()
-        return state, {**losses, **sums}
+        means["finite"] = jnp.isfinite(metrics["loss"]).all()
+        return state, {**means, **sums}
 
     def train(key):
         state = init(key)
@@ -411,30 +468,103 @@ def make_train(args: Args):
     return init, train_chunk, train
 
 
-def evaluate(network: ActorCritic, key, env, env_params, num_episodes: int):
-    """Greedy (argmax) policy; returns the return of each of num_episodes episodes [E]."""
+# ---------------------------------------------------------------------------------------------
+# Evaluation: greedy episodes, and one of them rendered.
+
+
+class EvalCarry(NamedTuple):
+    env_state: Any
+    obs: jax.Array
+    episode_return: jax.Array
+    done: jax.Array
+    key: jax.Array
+
+
+def evaluate(network: ActorCritic, key, env, env_params):
+    """The return of one episode of the greedy (argmax) policy. vmap over keys for several:
+    under vmap, an episode that has ended keeps its carry while the others run on."""
     reset_key, key = jax.random.split(key)
-    obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, num_episodes),
-                                                    env_params)
+    obs, env_state = env.reset(reset_key, env_params)
 
-    def still_running(carry):
-        return ~carry[3].all()
+    def step(carry: EvalCarry) -> EvalCarry:
+        key, step_key = jax.random.split(carry.key)
+        action = jnp.argmax(network.policy(carry.obs.astype(jnp.float32)))
+        obs, env_state, reward, terminated, truncated, _ = env.step(
+            step_key, carry.env_state, action, env_params)
+        return EvalCarry(env_state, obs, carry.episode_return + reward, terminated | truncated, key)
 
-    def step(carry):
-        env_state, obs, returns, finished, key = carry
-        key, step_key = jax.random.split(key)
-        logits = jax.vmap(network.policy)(obs.astype(jnp.float32))
-        obs, env_state, reward, terminated, truncated, _ = jax.vmap(env.step, (0, 0, 0, None))(
-            jax.random.split(step_key, num_episodes), env_state, jnp.argmax(logits, -1), env_params)
-        returns = returns + reward * ~finished
-        return env_state, obs, returns, finished | terminated | truncated, key
+    carry = EvalCarry(env_state, obs, jnp.float32(0), jnp.bool_(False), key)
+    return jax.lax.while_loop(lambda carry: ~carry.done, step, carry).episode_return
 
-    carry = (env_state, obs, jnp.zeros(num_episodes), jnp.zeros(num_episodes, bool), key)
-    return jax.lax.while_loop(still_running, step, carry)[2]
+
+VIDEO_MAX_FRAMES = 200  # classic control renders about 5 frames a second
+
+
+def greedy_episode(network: ActorCritic, key, env, env_params, num_steps: int):
+    """num_steps greedy steps from a reset, recording what a renderer needs -> (gymnax state
+    before each step [num_steps], return after each step [num_steps], done [num_steps])."""
+    reset_key, key = jax.random.split(key)
+    obs, env_state = env.reset(reset_key, env_params)
+
+    def step(carry: EvalCarry, _):
+        key, step_key = jax.random.split(carry.key)
+        action = jnp.argmax(network.policy(carry.obs.astype(jnp.float32)))
+        obs, env_state, reward, terminated, truncated, _ = env.step(
+            step_key, carry.env_state, action, env_params)
+        done = terminated | truncated
+        episode_return = carry.episode_return + reward
+        return (EvalCarry(env_state, obs, episode_return, done, key),
+                (carry.env_state, episode_return, done))
+
+    carry = EvalCarry(env_state, obs, jnp.float32(0), jnp.bool_(False), key)
+    return jax.lax.scan(step, carry, length=num_steps)[1]
+
+
+def capture_video(network: ActorCritic, key, env, env_params, path: str) -> str:
+    """Render one greedy episode (at most VIDEO_MAX_FRAMES steps) to a GIF with gymnax's own
+    renderer -> a line saying what was written. Raises ConfigError for an environment that
+    gymnax cannot render."""
+    # pygame (classic control's renderer) would look for a sound card and a screen otherwise.
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    from gymnax.visualize import visualizer  # imports matplotlib: only when asked for
+
+    max_steps = getattr(env_params, "max_steps_in_episode", VIDEO_MAX_FRAMES)
+    num_steps = min(VIDEO_MAX_FRAMES, max_steps)
+    states, returns, done = jax.jit(
+        lambda network, key: greedy_episode(network, key, env, env_params, num_steps))(network, key)
+    done = np.asarray(done)
+    length = int(np.argmax(done)) + 1 if done.any() else num_steps
+    # The renderer wants a list of states; the state after the last step is the next episode's.
+    frames = [jax.tree.map(lambda x: x[t], states) for t in range(length)]
+    animation = visualizer.Visualizer(env, env_params, frames, np.asarray(returns)[:length])
+    animation.init()  # draws nothing, and sets no image, for an environment it cannot render
+    if not hasattr(animation, "im"):
+        visualizer.plt.close(animation.fig)
+        raise ConfigError(f"gymnax has no renderer for {env.name}; no episode.gif written")
+    animation.animate(path)
+    ended = "ended" if done.any() else f"cut at {VIDEO_MAX_FRAMES} frames"
+    return f"wrote {path}: {length} steps, return {float(returns[length - 1]):.1f} ({ended})"
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: devices, run folder, host loop over compiled chunks, logs, evaluation.
+# Command line: devices, run folder, compilation, host loop over chunks, evaluation, saving.
+
+
+def seed_sharding(num_seeds: int):
+    """Shard the leading (seed) axis over the largest number of devices that divides it."""
+    devices = jax.devices()
+    num_devices = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+    mesh = jax.sharding.Mesh(np.array(devices[:num_devices]), ("seed",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+
+
+def seed_keys(seed: int, num_seeds: int, eval_episodes: int):
+    """The keys of a run, all split from --seed -> (training keys [S], evaluation keys [S, E],
+    the key of the --capture-video episode)."""
+    train_key, eval_key, video_key = jax.random.split(jax.random.key(seed), 3)
+    return (jax.random.split(train_key, num_seeds),
+            jax.random.split(eval_key, (num_seeds, eval_episodes)), video_key)
 
 
 def compile_ahead(lowered: jax.stages.Lowered, runs_once: bool = False) -> jax.stages.Compiled:
@@ -449,12 +579,37 @@ def compile_ahead(lowered: jax.stages.Lowered, runs_once: bool = False) -> jax.s
     return lowered.compile(options)
 
 
-def seed_sharding(num_seeds: int):
-    """Shard the leading (seed) axis over the largest number of devices that divides it."""
-    devices = jax.devices()
-    num_devices = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
-    mesh = jax.sharding.Mesh(np.array(devices[:num_devices]), ("seed",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+def compile_training(args: Args, env, env_params, sharding, train_keys, eval_keys):
+    """Compile init, the training chunk and evaluation for all seeds, overlapping the work
+    -> (initial state, compiled chunk, Future of compiled evaluation).
+
+    Tracing holds Python's lock and XLA's compiler uses every core, so: init compiles in a
+    background thread while the main thread traces the chunk, then the chunk compiles alone,
+    and evaluation is traced and compiled in the background while the device trains. Measured
+    on 2 cores, this saves about 0.6 s of an 8.6 s run against compiling one after another;
+    compiling init or evaluation beside the chunk slowed the chunk's compilation by about as
+    much as it saved."""
+    init, train_chunk, _ = make_train(args)
+    init_lowered = jax.jit(jax.vmap(init), out_shardings=sharding).lower(train_keys)
+    state_shape = init_lowered.out_info
+    background = ThreadPoolExecutor(1)
+    init_compiling = background.submit(compile_ahead, init_lowered, runs_once=True)
+    chunk_lowered = jax.jit(jax.vmap(train_chunk), in_shardings=sharding,
+                            out_shardings=sharding).lower(state_shape)
+    state = init_compiling.result()(train_keys)
+    train_chunk_all = compile_ahead(chunk_lowered)
+    evaluate_compiling = background.submit(compile_evaluation, env, env_params, sharding,
+                                           state_shape.network, eval_keys)
+    background.shutdown(wait=False)
+    return state, train_chunk_all, evaluate_compiling
+
+
+def compile_evaluation(env, env_params, sharding, networks, eval_keys) -> jax.stages.Compiled:
+    """Evaluation of all seeds: networks [S], keys [S, E] -> returns [S, E]."""
+    evaluate_all = jax.vmap(jax.vmap(lambda network, key: evaluate(network, key, env, env_params),
+                                     in_axes=(None, 0)))
+    return compile_ahead(jax.jit(evaluate_all, in_shardings=sharding, out_shardings=sharding)
+                         .lower(networks, eval_keys), runs_once=True)
 
 
 def load_networks(path: str):
@@ -477,133 +632,157 @@ def load_networks(path: str):
                           f"describes ({type(error).__name__}: {error})") from None
 
 
-def log_chunk(writers, metrics, step: int, sps: float, args: Args):
-    """Per-seed TensorBoard scalars of one chunk; returns the mean episodic return of each
-    seed [S], NaN for a seed where no episode ended (it logs no return then)."""
-    count = metrics["episode_count"]
-    mean_return = np.where(count > 0, metrics["episode_return_sum"] / np.maximum(count, 1), np.nan)
-    mean_length = metrics["episode_length_sum"] / np.maximum(count, 1)
-    # The learning rate of the chunk's last update, as the optimiser's schedule computed it.
-    updates_done = step // args.batch_size
-    learning_rate = args.learning_rate * (1 - (updates_done - 1) / args.num_updates
-                                          if args.anneal_lr else 1)
-    for seed, writer in enumerate(writers):
-        if count[seed] > 0:
-            writer.add_scalar("charts/episodic_return", mean_return[seed], step)
-            writer.add_scalar("charts/episodic_length", mean_length[seed], step)
-        writer.add_scalar("charts/SPS", sps / args.num_seeds, step)
-        writer.add_scalar("charts/learning_rate", learning_rate, step)
-        for name in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
-            writer.add_scalar(f"losses/{name}", metrics[name][seed], step)
-    return mean_return
+def resolve_args(args: Args):
+    """Check the flags and load --load-model -> (args, env, env_params, loaded networks or
+    None). With --eval-only the loaded run's own args describe the network."""
+    check_args(args)
+    loaded = None
+    if args.load_model:
+        saved_args, loaded = load_networks(args.load_model)
+        if args.eval_only:
+            args = dataclasses.replace(saved_args, load_model=args.load_model, eval_only=True,
+                                       eval_episodes=args.eval_episodes, seed=args.seed,
+                                       log_dir=args.log_dir, track=args.track,
+                                       capture_video=args.capture_video, save_model=False)
+        elif (saved_args.env, saved_args.num_seeds) != (args.env, args.num_seeds):
+            raise ConfigError(f"{args.load_model} holds {saved_args.num_seeds} seeds of "
+                              f"{saved_args.env}; pass --env {saved_args.env} "
+                              f"--num-seeds {saved_args.num_seeds}")
+    env, env_params = make_env(args)
+    return args, env, env_params, loaded
 
 
-def main(args: Args) -> None:
-    wall_start = time.perf_counter()
-    try:
-        check_args(args)
-        if args.load_model:
-            saved_args, loaded = load_networks(args.load_model)
-            if args.eval_only:
-                args = dataclasses.replace(saved_args, load_model=args.load_model, eval_only=True,
-                                           eval_episodes=args.eval_episodes, seed=args.seed,
-                                           log_dir=args.log_dir, track=args.track)
-            elif (saved_args.env, saved_args.num_seeds) != (args.env, args.num_seeds):
-                raise ConfigError(f"{args.load_model} holds {saved_args.num_seeds} seeds of "
-                                  f"{saved_args.env}; pass --env {saved_args.env} "
-                                  f"--num-seeds {saved_args.num_seeds}")
-        env, env_params = make_env(args)
-    except ConfigError as error:
-        sys.exit(f"ppo.py: error: {error}")
-
+def make_run_dir(args: Args) -> str:
     run_dir = os.path.join(args.log_dir, f"{args.env}__ppo__{args.seed}__{int(time.time())}")
     while os.path.exists(run_dir):  # a run of the same env and seed started in the same second
         run_dir += "_"
     os.makedirs(run_dir)
     with open(os.path.join(run_dir, "args.json"), "w") as f:
         json.dump(dataclasses.asdict(args), f, indent=2)
+    return run_dir
+
+
+LOSS_TAGS = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac",
+             "explained_variance")
+
+
+def log_chunk(writers, metrics, step: int, sps: float):
+    """Per-seed TensorBoard scalars of one chunk; returns the mean episodic return of each
+    seed [S], NaN for a seed where no episode ended (it logs no return then)."""
+    count = metrics["episode_count"]
+    mean_return = np.where(count > 0, metrics["episode_return_sum"] / np.maximum(count, 1), np.nan)
+    mean_length = metrics["episode_length_sum"] / np.maximum(count, 1)
+    for seed, writer in enumerate(writers):
+        if count[seed] > 0:
+            writer.add_scalar("charts/episodic_return", mean_return[seed], step)
+            writer.add_scalar("charts/episodic_length", mean_length[seed], step)
+        writer.add_scalar("charts/SPS", sps / len(writers), step)
+        writer.add_scalar("charts/learning_rate", metrics["learning_rate"][seed], step)
+        for name in LOSS_TAGS:
+            writer.add_scalar(f"losses/{name}", metrics[name][seed], step)
+    return mean_return
+
+
+class TrainingResult(NamedTuple):
+    state: TrainState  # after the last finite chunk
+    steps: int  # environment steps per seed
+    train_seconds: float  # waiting for chunks, compilation excluded
+    train_returns: list  # per seed, the mean return of the last chunk where episodes ended
+    error: str | None  # why training stopped early (a non-finite loss), if it did
+    interrupted: bool  # stopped by Ctrl-C
+
+
+def train_chunks(args: Args, state: TrainState, train_chunk_all, writers) -> TrainingResult:
+    """The host loop: run the compiled chunks, log and print after each. Stops early at a
+    non-finite loss (keeping the state of the last finite chunk) and, on Ctrl-C, at the end of
+    the running chunk."""
+    steps, train_seconds, error = 0, 0.0, None
+    train_returns = [None] * args.num_seeds
+    steps_per_chunk = args.updates_per_chunk * args.batch_size
+    interrupted = []
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    for _ in range(args.num_chunks):
+        chunk_start = time.perf_counter()
+        new_state, metrics = train_chunk_all(state)
+        metrics = jax.tree.map(np.asarray, metrics)  # waits for the chunk
+        train_seconds += time.perf_counter() - chunk_start
+        if not metrics["finite"].all():
+            seed = int(np.flatnonzero(~metrics["finite"])[0])
+            error = (f"non-finite loss between steps {steps} and {steps + steps_per_chunk} "
+                     f"in seed {seed}")
+            print(f"ppo.py: error: {error}; stopping, keeping the model of the last finite "
+                  "chunk", file=sys.stderr)
+            break
+        state, steps = new_state, steps + steps_per_chunk
+        sps = steps * args.num_seeds / train_seconds
+        mean_return = log_chunk(writers, metrics, steps, sps)
+        train_returns = [r if np.isfinite(r) else old for r, old in zip(mean_return, train_returns)]
+        finished = mean_return[np.isfinite(mean_return)]
+        returns = (f"{finished.mean():8.1f} ± {finished.std():6.1f}" if finished.size
+                   else "   (no episode ended)")
+        print(f"step {steps:>10,} | SPS {sps:>10,.0f} | return {returns}", flush=True)
+        if interrupted:
+            print("interrupted: stopping after this chunk", file=sys.stderr)
+            break
+    signal.signal(signal.SIGINT, previous_handler)
+    return TrainingResult(state, steps, train_seconds, train_returns, error, bool(interrupted))
+
+
+def main(args: Args) -> None:
+    wall_start = time.perf_counter()
+    try:
+        args, env, env_params, loaded = resolve_args(args)
+    except ConfigError as error:
+        sys.exit(f"ppo.py: error: {error}")
+
+    # Set up: run folder, writers, keys, the sharding of the seed axis over the devices.
+    run_dir = make_run_dir(args)
     writers = [SummaryWriter(os.path.join(run_dir, f"seed_{i}")) for i in range(args.num_seeds)
                ] if args.track else []
     sharding = seed_sharding(args.num_seeds)
+    train_keys, eval_keys, video_key = seed_keys(args.seed, args.num_seeds, args.eval_episodes)
+    train_keys, eval_keys = jax.device_put((train_keys, eval_keys), sharding)
     summary = {"algo": "ppo", "env": args.env, "args": dataclasses.asdict(args), "run_dir": run_dir,
-               "devices": sharding.mesh.size, "interrupted": False}
-    eval_key, train_key = jax.random.split(jax.random.key(args.seed))
-    eval_keys = jax.device_put(jax.random.split(eval_key, args.num_seeds), sharding)
-    evaluate_all = jax.jit(jax.vmap(lambda network, key: evaluate(
-        network, key, env, env_params, args.eval_episodes)),
-        in_shardings=sharding, out_shardings=sharding)
-    exit_code, steps_done, train_seconds = 0, 0, 0.0
-    train_returns = [None] * args.num_seeds
-    # Compilation takes seconds, so it overlaps with other work. Tracing holds Python's lock and
-    # XLA's compiler uses every core, so: init compiles in a background thread while the main
-    # thread traces the training chunk, then the chunk compiles alone, and evaluation is traced
-    # and compiled while the device trains. compile_seconds is the time the run waits for
-    # tracing and compilation. (Measured on 2 cores: compiling init or evaluation beside the
-    # chunk slowed the chunk's compilation by about as much as it saved.)
+               "devices": sharding.mesh.size}
+
+    # Compile, and train chunk by chunk.
     compile_start = time.perf_counter()
     if args.eval_only:
         network = jax.device_put(loaded, sharding)
-        evaluate_all = compile_ahead(evaluate_all.lower(network, eval_keys), runs_once=True)
+        evaluate_all = compile_evaluation(env, env_params, sharding, network, eval_keys)
         compile_seconds = time.perf_counter() - compile_start
+        result = TrainingResult(None, 0, 0.0, [None] * args.num_seeds, None, False)
     else:
-        init, train_chunk, _ = make_train(args)
-        keys = jax.device_put(jax.random.split(train_key, args.num_seeds), sharding)
-        init_lowered = jax.jit(jax.vmap(init), out_shardings=sharding).lower(keys)
-        state_shape = init_lowered.out_info
-        background = ThreadPoolExecutor(1)
-        init_compiling = background.submit(compile_ahead, init_lowered, runs_once=True)
-        chunk_lowered = jax.jit(jax.vmap(train_chunk), in_shardings=sharding,
-                                out_shardings=sharding).lower(state_shape)
-        state = init_compiling.result()(keys)
-        chunk_all = compile_ahead(chunk_lowered)
-        eval_compiling = background.submit(lambda: compile_ahead(
-            evaluate_all.lower(state_shape.network, eval_keys), runs_once=True))
-        if args.load_model:
+        state, train_chunk_all, evaluate_compiling = compile_training(
+            args, env, env_params, sharding, train_keys, eval_keys)
+        if loaded is not None:
             state = state._replace(network=jax.device_put(loaded, sharding))
         compile_seconds = time.perf_counter() - compile_start
-
-        # Ctrl-C finishes the chunk that is running, then saves what there is.
-        interrupted = []
-        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-        steps_per_chunk = args.updates_per_chunk * args.batch_size
-        for _ in range(args.num_chunks):
-            chunk_start = time.perf_counter()
-            new_state, metrics = chunk_all(state)
-            metrics = jax.tree.map(np.asarray, metrics)  # waits for the chunk
-            train_seconds += time.perf_counter() - chunk_start
-            if not metrics["finite"].all():
-                seed = int(np.argmin(metrics["finite"]))
-                summary["error"] = (f"non-finite loss between steps {steps_done} and "
-                                    f"{steps_done + steps_per_chunk} in seed {seed}")
-                print(f"ppo.py: error: {summary['error']}; stopping, keeping the model of the "
-                      "last finite chunk", file=sys.stderr)
-                exit_code = 1
-                break
-            state, steps_done = new_state, steps_done + steps_per_chunk
-            sps = steps_done * args.num_seeds / train_seconds
-            mean_return = log_chunk(writers, metrics, steps_done, sps, args)
-            train_returns = [r if np.isfinite(r) else old for r, old in zip(mean_return, train_returns)]
-            finished = mean_return[np.isfinite(mean_return)]
-            returns = (f"{finished.mean():8.1f} ± {finished.std():6.1f}" if finished.size
-                       else "   (no episode ended)")
-            print(f"step {steps_done:>10,} | SPS {sps:>10,.0f} | return {returns}", flush=True)
-            if interrupted:
-                print("interrupted: stopping after this chunk", file=sys.stderr)
-                summary["interrupted"], exit_code = True, 130
-                break
-        signal.signal(signal.SIGINT, previous_handler)
-        network = state.network
+        result = train_chunks(args, state, train_chunk_all, writers)
+        network = result.state.network
         wait_start = time.perf_counter()
-        evaluate_all = eval_compiling.result()
+        evaluate_all = evaluate_compiling.result()
         compile_seconds += time.perf_counter() - wait_start
 
+    # Evaluate: greedy episodes of every seed, and with --capture-video one of them rendered.
     eval_returns = np.asarray(evaluate_all(network, eval_keys)).mean(axis=1)  # [S]
-    sps = steps_done * args.num_seeds / train_seconds if train_seconds else 0.0
-    summary.update(eval_returns=eval_returns.tolist(), train_returns=train_returns,
-                   steps=steps_done, sps=sps, compile_seconds=compile_seconds,
-                   wall_seconds=time.perf_counter() - wall_start)
+    if args.capture_video:
+        try:
+            seed_0 = jax.tree.map(lambda x: x[0], network)
+            print(capture_video(seed_0, video_key, env, env_params,
+                                os.path.join(run_dir, "episode.gif")))
+        except ConfigError as error:
+            print(f"ppo.py: --capture-video: {error}", file=sys.stderr)
+
+    # Save: events, model, summary.
+    sps = result.steps * args.num_seeds / result.train_seconds if result.steps else 0.0
+    summary.update(eval_returns=eval_returns.tolist(), train_returns=result.train_returns,
+                   steps=result.steps, sps=sps, compile_seconds=compile_seconds,
+                   interrupted=result.interrupted, wall_seconds=time.perf_counter() - wall_start)
+    if result.error:
+        summary["error"] = result.error
     for writer, eval_return in zip(writers, eval_returns):
-        writer.add_scalar("eval/episodic_return", eval_return, steps_done)
+        writer.add_scalar("eval/episodic_return", eval_return, result.steps)
         writer.close()
     if args.save_model:
         eqx.tree_serialise_leaves(os.path.join(run_dir, "model.eqx"), network)
@@ -612,7 +791,7 @@ def main(args: Args) -> None:
     print(f"eval return {eval_returns.mean():.1f} ± {eval_returns.std():.1f} "
           f"({args.eval_episodes} greedy episodes x {args.num_seeds} seeds) | SPS {sps:,.0f} | "
           f"compile {compile_seconds:.1f} s | wall {summary['wall_seconds']:.1f} s | {run_dir}")
-    sys.exit(exit_code)
+    sys.exit(1 if result.error else 130 if result.interrupted else 0)
 
 
 if __name__ == "__main__":
