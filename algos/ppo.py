@@ -423,14 +423,14 @@ def make_train(args: Args):
         return (optax.apply_updates(network, updates), opt_state), jax.tree.map(jnp.mean, metrics)
 
     def run_epochs(network: ActorCritic, opt_state, batch: Sample, key):
-        """update_epochs passes over the batch [T * N], each in a fresh random order of
+        """update_epochs passes over the batch [T, N], each in a fresh random order split into
         num_minibatches minibatches -> (network, opt_state, mean metrics)."""
 
         def epoch(carry, key):
             order = jax.random.permutation(key, args.batch_size)
-            minibatches = jax.tree.map(
-                lambda x: x[order.reshape(args.num_minibatches, args.minibatch_size)], batch)
-            return jax.lax.scan(minibatch_step, carry, minibatches)
+            indices = order.reshape(args.num_minibatches, args.minibatch_size)
+            minibatches = jax.tree.map(lambda x: x.reshape(T * N, *x.shape[2:])[indices], batch)
+            return jax.lax.scan(minibatch_step, carry, minibatches)  # leaves [M, B / M, ...]
 
         (network, opt_state), metrics = jax.lax.scan(
             epoch, (network, opt_state), jax.random.split(key, args.update_epochs))
@@ -441,7 +441,6 @@ def make_train(args: Args):
         envs, (traj, episode_end) = collect_rollout(state.network, state.envs, rollout_key)
         batch = jax.vmap(compute_advantages, in_axes=(None, 1, 0), out_axes=1)(
             state.network, traj, envs.obs)  # [T, N]
-        batch = jax.tree.map(lambda x: x.reshape(T * N, *x.shape[2:]), batch)
         network, opt_state, metrics = run_epochs(state.network, state.opt_state, batch, epoch_key)
 
         metrics["learning_rate"] = optax.tree_utils.tree_get(opt_state, "hyperparams")["learning_rate"]
