@@ -1,5 +1,6 @@
-"""Test-only helpers: running an algorithm file, loading it as a module, reading run folders,
-and small gymnax environments whose correct behaviour is known.
+"""Test-only helpers: running an algorithm file, reading run folders, and small gymnax
+environments whose correct behaviour is known. The contract tests every algorithm file must
+pass are in contract.py; loading a file as a module and reading event files in algo_files.py.
 
 Importing this file registers the test environments with gymnax (no JAX operation runs), so a
 subprocess that does `import conftest` can train on them too.
@@ -7,10 +8,8 @@ subprocess that does `import conftest` can train on them too.
 
 import dataclasses
 import glob
-import importlib.util
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -21,28 +20,13 @@ import pytest
 from flax import struct as flax_struct
 from gymnax.environments import environment, spaces
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS_DIR)
-ALGOS_DIR = os.path.join(ROOT, "algos")
+from algo_files import ROOT, TESTS_DIR, algo_path, load_algo, read_events  # noqa: F401
 
+# pytest explains failed asserts in test files and here; contract.py holds tests as well.
+pytest.register_assert_rewrite("contract")
 
 # ---------------------------------------------------------------------------------------------
-# Running and loading algorithm files.
-
-
-def algo_path(algo: str) -> str:
-    return os.path.join(ALGOS_DIR, f"{algo}.py")
-
-
-def load_algo(algo: str):
-    """Import algos/<algo>.py from its path, as a user who copied the file would."""
-    name = f"{algo}_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, algo_path(algo))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses need the module registered while it executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+# Running algorithm files.
 
 
 def subprocess_env(**extra: str) -> dict:
@@ -64,10 +48,14 @@ def run_algo(algo: str, *flags, **kwargs) -> subprocess.CompletedProcess:
     return run_file(algo_path(algo), *flags, **kwargs)
 
 
-def run_python(code: str, timeout: float = 180, **env) -> subprocess.CompletedProcess:
-    """Run a Python snippet in a fresh interpreter that can `import conftest` and use
-    `load_algo` (the test environments are then registered there too)."""
-    prelude = f"import sys; sys.path.insert(0, {TESTS_DIR!r}); from conftest import *\n"
+def run_python(code: str, timeout: float = 180, import_conftest: bool = True,
+               **env) -> subprocess.CompletedProcess:
+    """Run a Python snippet in a fresh interpreter with tests/ on its path. With
+    import_conftest it starts with `from conftest import *` (load_algo, and the test
+    environments registered); without, nothing is imported before the snippet."""
+    prelude = f"import sys; sys.path.insert(0, {TESTS_DIR!r})\n"
+    if import_conftest:
+        prelude += "from conftest import *\n"
     return subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=subprocess_env(**env))
 
@@ -87,27 +75,7 @@ def assert_clean_error(result: subprocess.CompletedProcess, algo: str, *fragment
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading run folders and TensorBoard event files.
-
-
-def read_events(folder: str) -> dict[str, dict[int, float]]:
-    """Scalars of all tfevents files in folder: {tag: {step: value}}. Parses the TFRecord
-    framing (length, crc, payload, crc) directly, so only tensorboardX's protobufs are needed."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    scalars: dict[str, dict[int, float]] = {}
-    for path in sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*"))):
-        with open(path, "rb") as f:
-            data = f.read()
-        offset = 0
-        while offset < len(data):
-            (length,) = struct.unpack_from("<Q", data, offset)
-            payload = data[offset + 12: offset + 12 + length]
-            offset += 12 + length + 4
-            event = Event.FromString(payload)
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
-    return scalars
+# Reading run folders.
 
 
 @dataclasses.dataclass
@@ -208,44 +176,119 @@ class TerminatingTimeLimitChain(TimeLimitChain):
 
 
 @flax_struct.dataclass
-class LongChainParams(environment.EnvParams):
+class RandomLengthState(environment.EnvState):
+    length: jax.Array  # L, drawn at reset
+    time: int
+
+
+@flax_struct.dataclass
+class RandomLengthParams(environment.EnvParams):
+    max_length: int = 8
+    max_steps_in_episode: int = 100  # never reached: every episode terminates at its length
+
+
+class RandomLengthEpisodes(environment.Environment):
+    """Evaluation bookkeeping, made visible in the return. Reset draws the episode's length L
+    uniformly from 1..max_length; the observation is constant, so a greedy policy takes the same
+    action a at every step; step t = 1, 2, ... pays (1 + a_t) 2^(t-1) and step L terminates.
+
+    An episode of the greedy policy returns exactly (1 + a)(2^L - 1). Any other return mixes
+    actions (a sampled policy) or adds the reward of steps after the end: the auto-reset next
+    episode pays from (1 + a) again, and (2^L - 1) + (2^k - 1) is even, never 2^M - 1."""
+
+    @property
+    def default_params(self) -> RandomLengthParams:
+        return RandomLengthParams()
+
+    def step_env(self, key, state, action, params):
+        reward = ((1 + action) * 2.0 ** state.time).astype(jnp.float32)
+        state = state.replace(time=state.time + 1)
+        return self.get_obs(state), state, reward, state.time >= state.length, {}
+
+    def reset_env(self, key, params):
+        length = jax.random.randint(key, (), 1, params.max_length + 1)
+        state = RandomLengthState(length=length, time=jnp.int32(0))
+        return self.get_obs(state), state
+
+    def get_obs(self, state, params=None, key=None):
+        return jnp.ones(2)
+
+    @property
+    def num_actions(self) -> int:
+        return 2
+
+    def action_space(self, params=None):
+        return spaces.Discrete(2)
+
+    def observation_space(self, params):
+        return spaces.Box(0, 1, (2,), jnp.float32)
+
+
+def greedy_returns(greedy_action: int, max_length: int) -> dict[float, int]:
+    """RandomLengthEpisodes: the return of each complete greedy episode -> its length."""
+    return {float((1 + greedy_action) * (2 ** length - 1)): length
+            for length in range(1, max_length + 1)}
+
+
+@flax_struct.dataclass
+class PoisonedState(environment.EnvState):
+    poisoned: jax.Array
+    time: int
+
+
+@flax_struct.dataclass
+class LongEpisodeParams(environment.EnvParams):
     max_steps_in_episode: int = 1000
 
 
-class NaNRewardChain(TimeLimitChain):
-    """The chain with 1000-step episodes whose reward turns NaN from step NAN_AFTER + 1 on."""
+class SometimesNaNReward(environment.Environment):
+    """1000-step episodes paying 1 per step, except that in an episode whose reset drew
+    `poisoned` (probability 1/2) the reward is NaN from step NAN_AFTER + 1 on. With one
+    environment per seed and training shorter than an episode, each seed's first reset decides
+    whether its loss goes non-finite, and when."""
 
     NAN_AFTER = 50
 
     @property
-    def default_params(self) -> LongChainParams:
-        return LongChainParams()
+    def default_params(self) -> LongEpisodeParams:
+        return LongEpisodeParams()
 
     def step_env(self, key, state, action, params):
-        obs, state, reward, terminated, info = super().step_env(key, state, action, params)
-        return obs, state, jnp.where(state.time > self.NAN_AFTER, jnp.nan, reward), terminated, info
+        state = state.replace(time=state.time + 1)
+        reward = jnp.where(state.poisoned & (state.time > self.NAN_AFTER), jnp.nan, 1.0)
+        return self.get_obs(state), state, reward.astype(jnp.float32), jnp.array(False), {}
+
+    def reset_env(self, key, params):
+        state = PoisonedState(poisoned=jax.random.bernoulli(key), time=jnp.int32(0))
+        return self.get_obs(state), state
+
+    def get_obs(self, state, params=None, key=None):
+        return jnp.ones(2)
+
+    @property
+    def num_actions(self) -> int:
+        return 2
+
+    def action_space(self, params=None):
+        return spaces.Discrete(2)
+
+    def observation_space(self, params):
+        return spaces.Box(0, 1, (2,), jnp.float32)
 
 
 TRUNCATED_CHAIN = "TimeLimitChain-test"
 TERMINATED_CHAIN = "TerminatingTimeLimitChain-test"
-NAN_CHAIN = "NaNRewardChain-test"
+RANDOM_LENGTH = "RandomLengthEpisodes-test"
+SOMETIMES_NAN = "SometimesNaNReward-test"
 
 
 def register_test_envs() -> None:
     for env_id, factory in [(TRUNCATED_CHAIN, TimeLimitChain),
                             (TERMINATED_CHAIN, TerminatingTimeLimitChain),
-                            (NAN_CHAIN, NaNRewardChain)]:
+                            (RANDOM_LENGTH, RandomLengthEpisodes),
+                            (SOMETIMES_NAN, SometimesNaNReward)]:
         if env_id not in gymnax.registered_envs:
             gymnax.register(env_id, factory)
 
 
 register_test_envs()
-
-
-# ---------------------------------------------------------------------------------------------
-# Fixtures.
-
-
-@pytest.fixture(scope="session")
-def ppo():
-    return load_algo("ppo")

@@ -1,0 +1,714 @@
+"""The contract every algorithm file passes (DESIGN.md, "Behaviour every algorithm file
+shares" and "Tests"), written once. A test file runs it against algos/<name>.py with a
+subclass that says what differs between algorithms:
+
+    class TestContract(ContractTests):
+        algo = Algo(name="ppo", fast=dict(num_minibatches=2, update_epochs=2), ...)
+
+pytest collects the subclass in test_<name>.py; this module is not collected itself (its name
+does not start with test_, nor the class's with Test). Each test asserts on numbers or messages,
+and each was checked to fail once with its bug put in by hand.
+"""
+
+import ast
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import (BAD, GOOD, RANDOM_LENGTH, SOMETIMES_NAN, START, TERMINATED_CHAIN,
+                      TRUNCATED_CHAIN, algo_path, assert_clean_error, describe, greedy_returns,
+                      load_algo, run_algo, run_file, run_python, subprocess_env, the_run)
+
+
+@dataclasses.dataclass(frozen=True)
+class Algo:
+    """What the contract tests need to know about one algorithm file."""
+
+    name: str  # algos/<name>.py
+    fast: dict  # its own Args fields added to every small run, to keep compiling it short
+    help_flags: tuple[str, ...]  # its own flags, which --help must list
+    help_text: str  # a docstring of one of its own Args fields, which --help must show
+    bad_inputs: tuple  # its own (flags, message fragments) that must be refused
+    continuous_file: str  # the file that the message for continuous actions names
+    loss_tags: tuple[str, ...]  # losses/<tag> it logs beyond SHARED_LOSS_TAGS
+    tiny_chunk_steps: int  # environment steps per seed in each chunk of TINY_FLAGS
+    tiny_learning_rates: tuple[float, float]  # charts/learning_rate after each chunk of TINY_FLAGS
+    chain: dict  # Args fields that learn the values of the time-limit chain (8 seeds)
+    learn_flags: tuple = ()  # flags with which 3 seeds reach LEARN_THRESHOLD on CartPole-v1
+
+
+SHARED_FLAGS = ("--env", "--seed", "--num-seeds", "--total-timesteps", "--num-envs",
+                "--num-steps", "--learning-rate", "--gamma", "--eval-episodes", "--num-chunks",
+                "--log-dir", "--no-track", "--save-model", "--load-model", "--eval-only",
+                "--capture-video")
+SHARED_LOSS_TAGS = ("loss", "policy_loss", "value_loss", "entropy", "explained_variance")
+# A command-line run of 2 chunks and 2 seeds, with its model saved.
+TINY_FLAGS = ("--total-timesteps", 6000, "--num-chunks", 2, "--num-seeds", 2, "--save-model")
+# Small runs (with Algo.fast): 2 environments x 16 steps per update, 2 updates in one chunk.
+SMALL = dict(num_envs=2, num_steps=16, total_timesteps=64, num_chunks=1)
+LEARN_THRESHOLD = 475  # CartPole-v1, each of 3 seeds, greedy evaluation return
+CHAIN_GAMMA = 0.9
+CATCH_EPISODE_STEPS = 9  # Catch-bsuite: the ball falls 9 rows, one per step
+
+
+def as_flags(fields: dict) -> list:
+    """Args fields -> command-line flags."""
+    flags = []
+    for name, value in fields.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, value]
+    return flags
+
+
+def small_args(module, algo: Algo, **fields):
+    return module.Args(**{**SMALL, **algo.fast, **fields})
+
+
+def run_small(module, algo: Algo, num_seeds=1, seed=0, **fields):
+    """jit(vmap(train)) of a small configuration -> (state, metrics as host arrays)."""
+    _, _, train = module.make_train(small_args(module, algo, **fields))
+    keys = jax.random.split(jax.random.key(seed), num_seeds)
+    state, metrics = jax.jit(jax.vmap(train))(keys)
+    return state, jax.tree.map(np.asarray, metrics)
+
+
+def leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def evaluate_all(module, networks, env_id: str, eval_keys, **params):
+    """Returns [S, E] of evaluating networks [S] on keys [S, E], compiled as main compiles it;
+    params replace fields of the environment's params."""
+    env, env_params = module.make_env(module.Args(env=env_id))
+    env_params = env_params.replace(**params)
+    sharding = module.seed_sharding(eval_keys.shape[0])
+    compiled = module.compile_evaluation(env, env_params, sharding, networks, eval_keys)
+    return np.asarray(compiled(networks, eval_keys))
+
+
+def refused(module, algo: Algo, *flags) -> str:
+    """main(tyro.cli(Args)) on flags in this process, as the command line runs it, for input
+    that main must refuse -> its message. main refuses with sys.exit(message): exit status 1,
+    the message on stderr, no traceback (test_bad_input_from_the_command_line checks it once)."""
+    import tyro
+
+    args = tyro.cli(module.Args, args=[str(flag) for flag in flags])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(args)
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith(f"{algo.name}.py: error: "), message
+    assert "\n" not in message
+    return message
+
+
+def copy_run(run, folder, model_bytes=None, **changed_args) -> str:
+    """The model file of run in folder, with its args.json beside it (edited, or replaced)."""
+    os.makedirs(folder)
+    with open(os.path.join(folder, "args.json"), "w") as f:
+        json.dump({**run.args, **changed_args}, f)
+    path = os.path.join(folder, "model.eqx")
+    with open(path, "wb") as f, open(run.model, "rb") as model:
+        f.write(model_bytes if model_bytes is not None else model.read())
+    return path
+
+
+def main_code(algo: Algo, **fields) -> str:
+    """Python that runs main of the file with a small configuration (in run_python, where the
+    test environments are registered)."""
+    args = {**SMALL, **algo.fast, **fields}
+    return f"module = load_algo({algo.name!r})\nmodule.main(module.Args(**{args!r}))\n"
+
+
+class ContractTests:
+    algo: Algo  # set by the subclass
+
+    def pytest_generate_tests(self, metafunc):
+        """The bad inputs: the shared ones, then the algorithm's own."""
+        if "bad_input" in metafunc.fixturenames:
+            cases = [
+                (["--env", "NoSuchEnv-v0"], ["unknown environment 'NoSuchEnv-v0'", "CartPole-v1",
+                                             "Breakout-MinAtar"]),
+                (["--env", "Pendulum-v1"], ["continuous", self.algo.continuous_file]),
+                (["--num-envs", 0], ["--num-envs", "positive"]),
+                (["--num-steps", -3], ["--num-steps", "positive"]),
+                (["--num-seeds", 0], ["--num-seeds", "positive"]),
+                (["--num-chunks", 0], ["--num-chunks", "positive"]),
+                (["--eval-episodes", 0], ["--eval-episodes", "positive"]),
+                (["--total-timesteps", 1], ["--total-timesteps", "--num-chunks"]),
+                (["--learning-rate", 0], ["--learning-rate"]),
+                (["--gamma", 1.5], ["--gamma"]),
+                (["--eval-only"], ["--load-model"]),
+                (["--load-model", "no/such/model.eqx", "--eval-only"], ["model file not found",
+                                                                        "no/such/model.eqx"]),
+                *self.algo.bad_inputs]
+            metafunc.parametrize("bad_input", cases,
+                                 ids=[" ".join(map(str, flags)) for flags, _ in cases])
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def module(cls):
+        return load_algo(cls.algo.name)
+
+    # -----------------------------------------------------------------------------------------
+    # Command line: help, a tiny run end to end, loading.
+
+    def test_help_lists_the_flags(self):
+        result = run_algo(self.algo.name, "--help")
+        assert result.returncode == 0, describe(result)
+        for flag in SHARED_FLAGS + self.algo.help_flags:
+            assert flag in result.stdout, flag
+        assert self.algo.help_text in result.stdout  # field docstrings become the help
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def tiny_run(cls, tmp_path_factory):
+        log_dir = tmp_path_factory.mktemp("tiny")
+        result = run_algo(cls.algo.name, *TINY_FLAGS, "--log-dir", log_dir)
+        assert result.returncode == 0, describe(result)
+        return result, the_run(log_dir)
+
+    def test_tiny_run_writes_summary_args_events_and_model(self, tiny_run):
+        result, run = tiny_run
+        chunk = self.algo.tiny_chunk_steps
+        progress = [line for line in result.stdout.splitlines() if line.startswith("step")]
+        assert [line.split("|")[0].split()[1] for line in progress] == [f"{chunk:,}",
+                                                                        f"{2 * chunk:,}"]
+        assert "eval return" in result.stdout.splitlines()[-1]
+        assert "compile" in result.stdout.splitlines()[-1]
+        assert os.path.basename(run.path).startswith(f"CartPole-v1__{self.algo.name}__0__")
+
+        summary = run.summary
+        for key in ["algo", "env", "args", "eval_returns", "train_returns", "sps",
+                    "compile_seconds", "wall_seconds", "interrupted", "steps", "devices"]:
+            assert key in summary, key
+        assert "error" not in summary
+        assert (summary["algo"], summary["env"]) == (self.algo.name, "CartPole-v1")
+        assert summary["args"] == run.args
+        assert run.args["total_timesteps"] == 6000 and run.args["num_seeds"] == 2
+        assert summary["steps"] == 2 * chunk  # rounded down to whole chunks
+        assert summary["interrupted"] is False
+        # From the command line, each CPU core is a device and the 2 seeds spread over them.
+        assert summary["devices"] == (2 if os.cpu_count() >= 2 else 1)
+        assert summary["sps"] > 0 and summary["compile_seconds"] > 0
+        assert summary["wall_seconds"] > summary["compile_seconds"]
+        for key in ["eval_returns", "train_returns"]:
+            assert len(summary[key]) == 2, key
+            assert all(math.isfinite(r) and r >= 8 for r in summary[key]), key
+        assert os.path.getsize(run.model) > 0
+
+        tags = ["charts/episodic_return", "charts/episodic_length", "charts/SPS",
+                "charts/learning_rate"]
+        tags += [f"losses/{tag}" for tag in SHARED_LOSS_TAGS + self.algo.loss_tags]
+        for seed in range(2):
+            events = run.events(seed)
+            for tag in tags:
+                assert sorted(events[tag]) == [chunk, 2 * chunk], tag
+                assert all(math.isfinite(v) for v in events[tag].values()), tag
+            # CartPole pays 1 per step: an episode's return is its length.
+            assert events["charts/episodic_return"] == pytest.approx(
+                events["charts/episodic_length"])
+            assert events["charts/episodic_return"][2 * chunk] == pytest.approx(
+                summary["train_returns"][seed])
+            assert events["eval/episodic_return"] == {
+                2 * chunk: pytest.approx(summary["eval_returns"][seed])}
+            # the rate the optimiser used in the last update of each chunk
+            first, second = self.algo.tiny_learning_rates
+            assert events["charts/learning_rate"] == {chunk: pytest.approx(first),
+                                                      2 * chunk: pytest.approx(second)}
+            assert 0 < events["losses/entropy"][chunk] <= math.log(2) + 1e-6
+            assert all(v <= 1 for v in events["losses/explained_variance"].values())
+
+    def test_same_seed_reproduces_exactly_and_seeds_differ(self, tiny_run, tmp_path, module):
+        _, first = tiny_run
+        result = run_algo(self.algo.name, *TINY_FLAGS, "--log-dir", tmp_path)
+        assert result.returncode == 0, describe(result)
+        second = the_run(tmp_path)
+        with open(first.model, "rb") as f, open(second.model, "rb") as g:
+            assert f.read() == g.read()
+        for key in ["eval_returns", "train_returns", "steps"]:
+            assert first.summary[key] == second.summary[key], key
+
+        _, networks = module.load_networks(first.model)
+        for leaf in leaves(networks):
+            assert leaf.shape[0] == 2
+            assert not np.array_equal(leaf[0], leaf[1])
+
+    def test_eval_only_loads_the_saved_model(self, tiny_run, tmp_path):
+        _, trained = tiny_run
+        result = run_algo(self.algo.name, "--load-model", trained.model, "--eval-only",
+                          "--log-dir", tmp_path)
+        assert result.returncode == 0, describe(result)
+        assert not any(line.startswith("step") for line in result.stdout.splitlines())
+        run = the_run(tmp_path)
+        summary = run.summary
+        assert summary["steps"] == 0
+        assert run.args["eval_only"] is True and run.args["num_seeds"] == 2
+        assert len(summary["eval_returns"]) == 2
+        assert all(math.isfinite(r) for r in summary["eval_returns"])
+        # Same network, same seed, so the same greedy episodes as at the end of training.
+        assert summary["eval_returns"] == pytest.approx(trained.summary["eval_returns"])
+
+    def test_load_model_continues_training_from_it(self, tiny_run, tmp_path, module):
+        """With a negligible learning rate, training from a loaded model keeps its weights."""
+        _, trained = tiny_run
+        result = run_algo(self.algo.name, "--load-model", trained.model, "--num-seeds", 2,
+                          "--learning-rate", 1e-30, "--total-timesteps", 1024, "--num-chunks", 1,
+                          "--save-model", "--no-track", "--log-dir", tmp_path)
+        assert result.returncode == 0, describe(result)
+        run = the_run(tmp_path)
+        assert not any(name.startswith("seed_") for name in os.listdir(run.path))  # --no-track
+        _, before = module.load_networks(trained.model)
+        _, after = module.load_networks(run.model)
+        for a, b in zip(leaves(before), leaves(after)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-20)
+        assert run.summary["eval_returns"] == pytest.approx(trained.summary["eval_returns"])
+
+    def test_image_observations_train(self, module):
+        """Rank-3 observations (MinAtar); rank-2 ones train in the Catch-bsuite and
+        DeepSea-bsuite runs of the --capture-video tests."""
+        import gymnax
+
+        env, env_params = gymnax.make("Breakout-MinAtar")
+        obs_shape = env.observation_space(env_params).shape
+        assert len(obs_shape) == 3
+        state, metrics = run_small(module, self.algo, env="Breakout-MinAtar")
+        assert metrics["finite"].all() and np.isfinite(metrics["loss"]).all()
+        logits, value = jax.tree.map(lambda x: x[0], state.network)(jnp.zeros(obs_shape))
+        assert logits.shape == (env.action_space(env_params).n,) and value.shape == ()
+        assert all(np.isfinite(leaf).all() for leaf in leaves(state.network))
+
+    def test_learns_cartpole(self, tmp_path):
+        """Three seeds in one run, greedy evaluation."""
+        result = run_algo(self.algo.name, "--env", "CartPole-v1", "--num-seeds", 3,
+                          *self.algo.learn_flags, "--no-track", "--log-dir", tmp_path, timeout=600)
+        assert result.returncode == 0, describe(result)
+        eval_returns = the_run(tmp_path).summary["eval_returns"]
+        assert len(eval_returns) == 3
+        assert min(eval_returns) >= LEARN_THRESHOLD, eval_returns
+
+    # -----------------------------------------------------------------------------------------
+    # Truncation: a chain whose episodes end only by a time limit (conftest.TimeLimitChain).
+
+    def train_chain(self, module, env_id):
+        """8 seeds on the chain -> (greedy action at start [S], values of start/good/bad [S, 3])."""
+        state, _ = run_small(module, self.algo, num_seeds=8, env=env_id, gamma=CHAIN_GAMMA,
+                             **self.algo.chain)
+        logits, values = jax.vmap(lambda net: jax.vmap(net)(jnp.eye(3)))(state.network)
+        return np.asarray(logits[:, START].argmax(-1)), np.asarray(values)
+
+    def test_truncation_bootstraps_from_the_final_observation(self, module):
+        greedy, values = self.train_chain(module, TRUNCATED_CHAIN)
+        v_good = 1 / (1 - CHAIN_GAMMA)  # 10: good pays 1 forever, the time limit changes nothing
+        np.testing.assert_allclose(values[:, GOOD], v_good, atol=1.0)
+        np.testing.assert_allclose(values[:, BAD], 0.0, atol=0.5)
+        np.testing.assert_allclose(values[:, START], CHAIN_GAMMA * v_good, atol=1.0)
+        assert (greedy == 1).all(), greedy  # 0 + 0.9 * 10 beats 1 + 0.9 * 0
+
+    def test_time_limit_reported_as_termination_changes_the_answer(self, module):
+        """The same chain with its time limit reported as `terminated`: the check above is able
+        to fail, since this agent, which cannot bootstrap, prefers the immediate reward."""
+        greedy, values = self.train_chain(module, TERMINATED_CHAIN)
+        np.testing.assert_allclose(values[:, GOOD], 1.0, atol=0.5)
+        assert (greedy == 0).all(), greedy
+
+    # -----------------------------------------------------------------------------------------
+    # Evaluation: greedy, each episode's reward counted until it ends, --eval-episodes episodes.
+    # conftest.RandomLengthEpisodes: the greedy policy's episode of length L returns exactly
+    # (1 + a)(2^L - 1), a the greedy action, L drawn at reset.
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def untrained(cls, module):
+        """A network as init makes it (near-uniform policy) -> (network, its greedy action)."""
+        init, _, _ = module.make_train(small_args(module, cls.algo, env=RANDOM_LENGTH))
+        network = jax.jit(init)(jax.random.key(0)).network
+        logits, _ = network(jnp.ones(2))  # the environment's constant observation
+        assert abs(float(logits[1] - logits[0])) < 0.1  # a sampled policy takes both actions
+        return network, int(np.argmax(logits))
+
+    def evaluate_untrained(self, module, untrained, episodes: int, **params):
+        network, _ = untrained
+        networks = jax.tree.map(lambda x: x[None], network)  # one seed
+        keys = jax.random.split(jax.random.key(1), (1, episodes))
+        return evaluate_all(module, networks, RANDOM_LENGTH, keys, **params)[0]
+
+    def test_evaluation_is_greedy(self, module, untrained):
+        """One-step episodes return 1 + the action taken: every one the argmax action."""
+        returns = self.evaluate_untrained(module, untrained, 64, max_length=1)
+        np.testing.assert_array_equal(returns, np.full(64, 1.0 + untrained[1]))
+
+    def test_evaluation_counts_each_episode_until_it_ends(self, module, untrained):
+        """Episodes of 1 to 8 steps: each return is that of one whole greedy episode, none has
+        the reward of the next episode added in; and the lengths really differ by key."""
+        returns = self.evaluate_untrained(module, untrained, 64)
+        valid = greedy_returns(untrained[1], max_length=8)
+        assert all(float(r) in valid for r in returns), (sorted(valid), returns)
+        assert len({valid[float(r)] for r in returns}) >= 4, returns
+
+    def test_evaluation_runs_eval_episodes_episodes(self, module, tmp_path):
+        """The keys and the compiled evaluation have one entry per episode, and main's
+        eval_returns are the mean of exactly --eval-episodes episodes per seed."""
+        result = run_python(main_code(self.algo, env=RANDOM_LENGTH, num_seeds=2, eval_episodes=3,
+                                      save_model=True, track=False, log_dir=str(tmp_path)))
+        assert result.returncode == 0, describe(result)
+        run = the_run(tmp_path)
+        _, networks = module.load_networks(run.model)
+        means = {}
+        for episodes in (3, 10):
+            _, eval_keys, _ = module.seed_keys(0, 2, episodes)
+            assert eval_keys.shape == (2, episodes)
+            returns = evaluate_all(module, networks, RANDOM_LENGTH, eval_keys)
+            assert returns.shape == (2, episodes)
+            means[episodes] = returns.mean(axis=1)
+        # Episode returns differ by key, so the mean tells how many episodes ran.
+        assert not np.allclose(means[3], means[10])
+        assert run.summary["eval_returns"] == pytest.approx(means[3].tolist(), rel=1e-6)
+
+    # -----------------------------------------------------------------------------------------
+    # --capture-video: a GIF of one greedy episode of seed 0, with gymnax's renderer.
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def catch_video_run(cls, tmp_path_factory):
+        log_dir = tmp_path_factory.mktemp("video")
+        result = run_algo(cls.algo.name, "--env", "Catch-bsuite",
+                          *as_flags({**SMALL, **cls.algo.fast}), "--save-model",
+                          "--capture-video", "--no-track", "--log-dir", log_dir)
+        assert result.returncode == 0, describe(result)
+        return result, the_run(log_dir)
+
+    def assert_catch_gif(self, result, run) -> str:
+        """One whole Catch episode in episode.gif -> the line that reports it."""
+        from PIL import Image
+
+        with Image.open(os.path.join(run.path, "episode.gif")) as gif:
+            assert gif.n_frames == CATCH_EPISODE_STEPS
+        lines = [line for line in result.stdout.splitlines() if "episode.gif" in line]
+        assert len(lines) == 1, describe(result)
+        assert f"{CATCH_EPISODE_STEPS} steps" in lines[0], lines[0]
+        assert os.path.isfile(os.path.join(run.path, "summary.json"))
+        return lines[0]
+
+    def test_capture_video_writes_a_gif_of_one_episode(self, catch_video_run):
+        result, run = catch_video_run
+        self.assert_catch_gif(result, run)
+        # and the rank-2 observations ([10, 5]) trained
+        assert run.summary["steps"] == SMALL["total_timesteps"] and "error" not in run.summary
+        assert all(math.isfinite(r) for r in run.summary["eval_returns"])
+
+    def test_eval_only_captures_video_of_a_loaded_model(self, catch_video_run, tmp_path):
+        """--capture-video on the --eval-only command line counts, whatever the loaded run's
+        args.json says (here: no video)."""
+        trained_result, trained = catch_video_run
+        model = copy_run(trained, tmp_path / "model", capture_video=False)
+        result = run_algo(self.algo.name, "--load-model", model, "--eval-only",
+                          "--capture-video", "--log-dir", tmp_path / "runs")
+        assert result.returncode == 0, describe(result)
+        line = self.assert_catch_gif(result, the_run(tmp_path / "runs"))
+        # the same network and seed, so the same episode as after training
+        trained_line = self.assert_catch_gif(trained_result, trained)
+        assert line.split(": ", 1)[1] == trained_line.split(": ", 1)[1]
+
+    def test_capture_video_without_a_renderer_is_a_message(self, tmp_path):
+        result = run_algo(self.algo.name, "--env", "DeepSea-bsuite",
+                          *as_flags({**SMALL, **self.algo.fast}), "--capture-video", "--no-track",
+                          "--log-dir", tmp_path)
+        assert result.returncode == 0, describe(result)
+        messages = [line for line in result.stderr.splitlines() if "capture-video" in line]
+        assert len(messages) == 1, describe(result)
+        assert "DeepSea-bsuite" in messages[0] and "renderer" in messages[0], messages[0]
+        assert "Traceback" not in result.stderr, describe(result)
+        run = the_run(tmp_path)
+        assert run.summary["steps"] == SMALL["total_timesteps"] and "error" not in run.summary
+        assert len(run.summary["eval_returns"]) == 1
+        assert not os.path.exists(os.path.join(run.path, "episode.gif"))
+
+    # -----------------------------------------------------------------------------------------
+    # Bad input: one-line messages, no traceback, non-zero exit, before any compile.
+
+    def test_bad_input_gives_a_message(self, module, bad_input, tmp_path):
+        flags, fragments = bad_input
+        message = refused(module, self.algo, *flags, "--log-dir", tmp_path)
+        for fragment in fragments:
+            assert fragment in message
+        assert os.listdir(tmp_path) == []  # rejected before a run folder was made
+
+    def test_bad_input_from_the_command_line(self, tmp_path):
+        """What refused() relies on, once through a real process: exit status, stderr."""
+        result = run_algo(self.algo.name, "--num-envs", 0, "--log-dir", tmp_path)
+        assert_clean_error(result, self.algo.name, "--num-envs", "positive")
+        assert os.listdir(tmp_path) == []
+
+    def test_bad_model_files_give_a_message(self, module, tiny_run, tmp_path):
+        _, run = tiny_run
+        garbage = copy_run(run, tmp_path / "garbage", model_bytes=b"not a model" * 10)
+        other_env = copy_run(run, tmp_path / "acrobot", env="Acrobot-v1")
+        no_args = tmp_path / "alone" / "model.eqx"
+        no_args.parent.mkdir()
+        shutil.copy(run.model, no_args)
+        cases = [
+            (["--load-model", garbage, "--eval-only"], ["cannot load", garbage]),
+            (["--load-model", other_env, "--eval-only"], ["cannot load", other_env]),
+            (["--load-model", no_args, "--eval-only"], ["args.json", "beside"]),
+            # Training on from a model of 2 seeds needs 2 seeds of the same environment.
+            (["--load-model", run.model, "--num-seeds", 1], ["holds 2 seeds of CartPole-v1",
+                                                             "--num-seeds 2"]),
+        ]
+        for flags, fragments in cases:
+            log_dir = tmp_path / "runs"
+            message = refused(module, self.algo, *flags, "--log-dir", log_dir)
+            for fragment in fragments:
+                assert str(fragment) in message
+            assert not log_dir.exists()
+
+    def test_non_finite_loss_stops_with_a_message_naming_step_and_seed(self, module, tmp_path):
+        """SometimesNaNReward, one environment per seed: the reward of a poisoned episode turns
+        NaN at step 51, in chunk 3 (steps 48 to 64) of 16 steps. The --seed is picked by running
+        its keys in-process so that seed 1 goes non-finite and seed 0 stays finite."""
+        fields = dict(env=SOMETIMES_NAN, num_seeds=2, num_envs=1, num_steps=16,
+                      total_timesteps=160, num_chunks=10, eval_episodes=2)
+        # train = init, then train_chunk num_chunks times: the finiteness of each chunk
+        _, _, train = module.make_train(small_args(module, self.algo, **fields))
+        candidates = range(16)
+        keys = jnp.stack([module.seed_keys(seed, 2, 2)[0] for seed in candidates])  # [C, 2]
+        _, metrics = jax.jit(jax.vmap(jax.vmap(train)))(keys)
+        finite = np.asarray(metrics["finite"])  # [C, 2 seeds, 10 chunks]
+        wanted = np.array([[True] * 10, [True] * 3 + [False] * 7])
+        picked = [seed for seed, f in zip(candidates, finite) if (f == wanted).all()]
+        assert picked, finite  # the precondition: some --seed makes seed 1 alone go non-finite
+
+        result = run_python(main_code(self.algo, **fields, seed=picked[0], save_model=True,
+                                      log_dir=str(tmp_path)))
+        assert result.returncode == 1, describe(result)
+        assert "Traceback" not in result.stderr, describe(result)
+        assert (f"{self.algo.name}.py: error: non-finite loss between steps 48 and 64 in seed 1"
+                in result.stderr), describe(result)
+        assert len([line for line in result.stdout.splitlines() if line.startswith("step")]) == 3
+        run = the_run(tmp_path)
+        summary = run.summary
+        assert "seed 1" in summary["error"] and "64" in summary["error"]
+        assert summary["steps"] == 48
+        assert run.args["env"] == SOMETIMES_NAN and run.args["seed"] == picked[0]
+        for agent in range(2):
+            assert sorted(run.events(agent)["losses/loss"]) == [16, 32, 48]
+        _, networks = module.load_networks(run.model)  # the model of the last finite chunk
+        assert all(np.isfinite(leaf).all() for leaf in leaves(networks))
+
+    def test_ctrl_c_stops_after_the_chunk_and_saves(self, tmp_path):
+        # 2M steps in 400 chunks: far longer than the wait for a line.
+        command = [algo_path(self.algo.name), "--total-timesteps", 2_000_000, "--num-chunks", 400,
+                   "--save-model", "--log-dir", tmp_path]
+        process = subprocess.Popen([sys.executable, *map(str, command)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=subprocess_env())
+        watchdog = threading.Timer(300, process.kill)  # a hang fails the test, not blocks it
+        watchdog.start()
+        try:
+            first_line = process.stdout.readline()
+            assert first_line.startswith("step"), first_line + process.stderr.read()
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=120)
+        finally:
+            watchdog.cancel()
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode == 130, f"exit {process.returncode}\n{stdout}\n{stderr}"
+        assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+        chunk = int(first_line.split("|")[0].split()[1].replace(",", ""))
+        run = the_run(tmp_path)
+        summary = run.summary
+        assert summary["interrupted"] is True
+        assert summary["steps"] % chunk == 0 and chunk <= summary["steps"] < 400 * chunk
+        assert len(summary["eval_returns"]) == 1
+        assert os.path.getsize(run.model) > 0
+        assert max(run.events(0)["losses/loss"]) == summary["steps"]
+
+    # -----------------------------------------------------------------------------------------
+    # The single-file rule.
+
+    def test_runs_when_copied_alone_into_an_empty_folder(self, tmp_path):
+        name = f"{self.algo.name}.py"
+        shutil.copy(algo_path(self.algo.name), tmp_path / name)
+        result = run_file(str(tmp_path / name), "--total-timesteps", 1024, "--num-chunks", 1,
+                          "--no-track", "--log-dir", "runs", cwd=tmp_path)
+        assert result.returncode == 0, describe(result)
+        steps = int(re.match(r"step\s+([\d,]+)", result.stdout).group(1).replace(",", ""))
+        assert the_run(tmp_path / "runs").summary["steps"] == steps > 0
+        assert sorted(os.listdir(tmp_path)) == [name, "runs"]
+
+    def test_imports_only_the_allowed_libraries(self):
+        allowed = {"numpy", "jax", "equinox", "optax", "rlax", "gymnax", "tyro", "tensorboardX"}
+        with open(algo_path(self.algo.name)) as f:
+            tree = ast.parse(f.read())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, "relative import"
+                imported.add(node.module.split(".")[0])
+        assert imported - allowed - set(sys.stdlib_module_names) == set()
+
+    def test_importing_the_file_changes_no_jax_setting(self):
+        """Exposing CPU cores as devices happens only when the file runs, so a program that
+        imports it keeps its own devices. Loaded in a fresh interpreter before anything has
+        imported JAX, so that an environment variable set on import would still take effect."""
+        result = run_python(f"""
+import os
+before = dict(os.environ)
+from algo_files import load_algo
+assert "jax" not in sys.modules
+module = load_algo({self.algo.name!r})
+import jax
+print(dict(os.environ) == before, "JAX_NUM_CPU_DEVICES" in os.environ,
+      jax.config.jax_num_cpu_devices, len(jax.devices()))
+""", import_conftest=False, JAX_PLATFORMS="cpu")
+        assert result.returncode == 0, describe(result)
+        assert result.stdout.split() == ["True", "False", "-1", "1"]
+
+    # -----------------------------------------------------------------------------------------
+    # Compilation, devices, keys.
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def chunk_by_chunk(cls, module):
+        """One environment of CartPole, 4 steps per chunk, chunks run until an episode ended;
+        the Python body of train_chunk counts its traces."""
+        args = small_args(module, cls.algo, num_envs=1, num_steps=4, total_timesteps=4)
+        init, train_chunk, _ = module.make_train(args)
+        traces = []
+
+        def counted_chunk(state):
+            traces.append(1)
+            return train_chunk(state)
+
+        chunk_all = jax.jit(jax.vmap(counted_chunk))
+        state = jax.jit(jax.vmap(init))(jax.random.split(jax.random.key(0), 2))
+        history = []
+        for _ in range(100):
+            state, metrics = chunk_all(state)
+            history.append(jax.tree.map(np.asarray, metrics))
+            if len(history) >= 3 and (history[-1]["episode_count"] > 0).all():
+                break
+        return chunk_all, traces, history
+
+    def test_no_recompilation_across_chunks(self, chunk_by_chunk):
+        chunk_all, traces, history = chunk_by_chunk
+        assert len(history) >= 3
+        assert len(traces) == 1
+        assert chunk_all._cache_size() == 1
+
+    def test_chunk_without_finished_episode_reports_zero(self, chunk_by_chunk):
+        _, _, history = chunk_by_chunk
+        first = history[0]  # 4 CartPole steps: no episode can end yet
+        np.testing.assert_array_equal(first["episode_count"], [0, 0])
+        np.testing.assert_array_equal(first["episode_return_sum"], [0, 0])
+        np.testing.assert_array_equal(first["episode_length_sum"], [0, 0])
+        assert first["finite"].all()
+        last = history[-1]
+        assert (last["episode_count"] == 1).all()
+        # An episode ended in the last chunk: its return is its length (CartPole pays 1 per
+        # step), which is the number of steps since the previous end.
+        np.testing.assert_array_equal(last["episode_return_sum"], last["episode_length_sum"])
+        total = sum(h["episode_length_sum"] for h in history)
+        assert (total <= 4 * len(history)).all() and (total > 4 * (len(history) - 1)).all()
+
+    def test_chunk_without_finished_episode_logs_nothing(self, tmp_path):
+        result = run_algo(self.algo.name, *as_flags(self.algo.fast), "--num-envs", 1,
+                          "--num-steps", 4, "--total-timesteps", 200, "--num-chunks", 50,
+                          "--log-dir", tmp_path)
+        assert result.returncode == 0, describe(result)
+        progress = [line for line in result.stdout.splitlines() if line.startswith("step")]
+        assert len(progress) == 50 and "(no episode ended)" in progress[0]
+        run = the_run(tmp_path)
+        events = run.events(0)
+        assert sorted(events["charts/SPS"]) == list(range(4, 201, 4))
+        returns = events["charts/episodic_return"]
+        assert 4 not in returns and 0 < len(returns) < 50
+        assert all(value >= 5 for value in returns.values())  # never a 0 for "no episode"
+        assert sum("(no episode ended)" in line for line in progress) == 50 - len(returns)
+        assert run.summary["train_returns"][0] == pytest.approx(returns[max(returns)])
+
+    def test_seeds_shard_over_two_host_devices(self):
+        fields = {**SMALL, **self.algo.fast, "total_timesteps": 32}
+        result = run_python(f"""
+import json
+import jax, numpy as np
+module = load_algo({self.algo.name!r})
+assert len(jax.devices()) == 2, jax.devices()
+init, train_chunk, _ = module.make_train(module.Args(**{fields!r}))
+report = {{}}
+for num_seeds in (2, 3, 4):
+    sharding = module.seed_sharding(num_seeds)
+    keys = jax.device_put(jax.random.split(jax.random.key(0), num_seeds), sharding)
+    state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys)
+    state, metrics = jax.jit(jax.vmap(train_chunk), out_shardings=sharding)(state)
+    net = jax.tree.leaves(state.network)
+    report[num_seeds] = dict(
+        mesh=int(sharding.mesh.devices.size),
+        devices=sorted({{len(leaf.sharding.device_set) for leaf in net}}),
+        shard_rows=sorted({{shard.data.shape[0] for leaf in net for shard in leaf.addressable_shards}}),
+        finite=bool(np.asarray(metrics["finite"]).all()
+                    and all(np.isfinite(np.asarray(leaf)).all() for leaf in net)))
+print(json.dumps(report))
+""", XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+        assert result.returncode == 0, describe(result)
+        report = json.loads(result.stdout.splitlines()[-1])
+        assert report["2"] == dict(mesh=2, devices=[2], shard_rows=[1], finite=True)
+        # 2 devices do not divide 3 seeds: one device holds them all
+        assert report["3"] == dict(mesh=1, devices=[1], shard_rows=[3], finite=True)
+        assert report["4"] == dict(mesh=2, devices=[2], shard_rows=[2], finite=True)
+
+    def test_vmapped_orthogonal_init_does_not_deadlock(self):
+        """jax/jaxlib 0.10.0-0.11.0 hang on a CPU when batched QR (orthogonal init under vmap)
+        runs on parallel devices; this trains 4 seeds as main does, under a time limit.
+        (Checked: with jax 0.10.2 on a 2-core CPU this test fails at the time limit; with 0.9.2
+        it takes seconds.)"""
+        fields = {**SMALL, **self.algo.fast, "num_chunks": 2}
+        code = f"""
+import jax, numpy as np
+module = load_algo({self.algo.name!r})
+assert len(jax.devices()) == 2, jax.devices()  # the seeds really run on parallel devices
+_, _, train = module.make_train(module.Args(**{fields!r}))
+sharding = module.seed_sharding(4)
+keys = jax.device_put(jax.random.split(jax.random.key(0), 4), sharding)
+state, metrics = jax.jit(jax.vmap(train), out_shardings=sharding)(keys)
+print("finite", bool(np.asarray(metrics["finite"]).all()))
+"""
+        try:
+            result = run_python(code, timeout=180, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
+        except subprocess.TimeoutExpired:
+            pytest.fail("4 vmapped seeds with orthogonal init did not finish in 180 s: the jax "
+                        "CPU deadlock of batched linear algebra (see requirements.txt)")
+        assert result.returncode == 0, describe(result)
+        assert result.stdout.split()[-2:] == ["finite", "True"]
+
+    def test_no_key_is_reused(self, module):
+        args = small_args(module, self.algo, eval_episodes=2)
+        init, train_chunk, _ = module.make_train(args)
+        env, env_params = module.make_env(args)
+        previous = jax.config.jax_debug_key_reuse
+        jax.config.update("jax_debug_key_reuse", True)
+        try:
+            train_keys, eval_keys, _ = module.seed_keys(0, 1, 2)
+            state = jax.jit(init)(train_keys[0])
+            state, metrics = jax.jit(train_chunk)(state)
+            returns = jax.jit(jax.vmap(lambda key: module.evaluate(state.network, key, env,
+                                                                   env_params)))(eval_keys[0])
+        finally:
+            jax.config.update("jax_debug_key_reuse", previous)
+        assert bool(metrics["finite"]) and np.isfinite(np.asarray(returns)).all()
