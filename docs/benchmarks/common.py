@@ -1,13 +1,13 @@
-"""Helpers shared by the benchmark scripts: load algos/ppo.py, run its command line and read
-what it wrote (summary.json, TensorBoard events), describe the machine, write markdown."""
+"""Helpers shared by the benchmark scripts: run an algorithm's command line and read what it
+wrote (summary.json, TensorBoard events), describe the machine, write markdown. Loading an
+algorithm file as a module (load_algo) and reading event files (read_events) come from
+tests/algo_files.py, which the tests use too.
+"""
 
 import datetime
-import functools
-import importlib.util
 import json
 import os
 import platform
-import struct
 import subprocess
 import sys
 import time
@@ -17,35 +17,29 @@ from typing import NamedTuple
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-PPO_PATH = REPO / "algos" / "ppo.py"
+# Loading an algorithm file as a module and reading event files, shared with the tests.
+sys.path.insert(0, str(REPO / "tests"))
+from algo_files import load_algo, read_events  # noqa: E402
+
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results"
 LOG_DIR = BENCHMARKS / "runs"  # git ignores every runs/ folder
 
 
-@functools.cache
-def load_ppo():
-    """algos/ppo.py as a module. Importing it runs no JAX operation, so a caller may still
-    set up devices afterwards (ppo.use_cpu_cores_as_devices)."""
-    spec = importlib.util.spec_from_file_location("ppo", PPO_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class Run(NamedTuple):
     summary: dict  # summary.json of the run
     run_dir: Path
-    process_seconds: float  # the whole `python algos/ppo.py` process, as a user waits for it
+    process_seconds: float  # the whole `python algos/<algo>.py` process, as a user waits for it
 
 
-def run_ppo(env: str, num_seeds: int = 1, total_timesteps: int | None = None,
-            flags: tuple[str, ...] = (), log_dir: Path = LOG_DIR, track: bool = True) -> Run:
-    """Runs `python algos/ppo.py` in a subprocess and returns what it wrote."""
+def run_algo(algo: str, env: str, num_seeds: int = 1, total_timesteps: int | None = None,
+             flags: tuple[str, ...] = (), log_dir: Path = LOG_DIR, track: bool = True) -> Run:
+    """Runs `python algos/<algo>.py` (algo: "ppo", "a2c", ...) in a subprocess and returns
+    what it wrote."""
     log_dir = Path(log_dir).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(PPO_PATH), "--env", env, "--num-seeds", str(num_seeds),
-               "--log-dir", str(log_dir), *flags]
+    command = [sys.executable, str(REPO / "algos" / f"{algo}.py"), "--env", env,
+               "--num-seeds", str(num_seeds), "--log-dir", str(log_dir), *flags]
     if total_timesteps is not None:
         command += ["--total-timesteps", str(total_timesteps)]
     if not track:
@@ -68,6 +62,12 @@ def run_ppo(env: str, num_seeds: int = 1, total_timesteps: int | None = None,
     return Run(summary, new[0], process_seconds)
 
 
+def results_dir(algo: str) -> Path:
+    """The folder of an algorithm's tables and plots: results/<algo>/, except ppo's, which came
+    first and lie in results/."""
+    return RESULTS if algo == "ppo" else RESULTS / algo
+
+
 def load_json(path: Path):
     with open(path) as f:
         return json.load(f)
@@ -80,33 +80,13 @@ def save_json(path: Path, data) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# TensorBoard events, read without TensorFlow or TensorBoard: a TFRecord file is a sequence of
-# [uint64 length][uint32 crc of length][Event proto][uint32 crc of data], little endian.
-
-
-def read_scalars(event_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of one scalar tag in the event files of one folder, in write order."""
-    from tensorboardX.proto import event_pb2
-
-    steps, values = [], []
-    for path in sorted(Path(event_dir).glob("events.out.tfevents.*")):
-        data, offset = path.read_bytes(), 0
-        while offset + 12 <= len(data):
-            (length,) = struct.unpack_from("<Q", data, offset)
-            offset += 12
-            event = event_pb2.Event.FromString(data[offset:offset + length])
-            offset += length + 4
-            for value in event.summary.value:
-                if value.tag == tag:
-                    steps.append(event.step)
-                    values.append(value.simple_value)
-    return np.array(steps), np.array(values)
+# TensorBoard events (read with algo_files.read_events, without TensorFlow or TensorBoard).
 
 
 def seed_curves(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A tag over the seeds of a run: (steps, mean, std, number of seeds) at each logged step.
     A seed with no finished episode in a chunk logs nothing there and is left out of that point."""
-    curves = [dict(zip(*read_scalars(d, tag))) for d in sorted(Path(run_dir).glob("seed_*"))]
+    curves = [read_events(d).get(tag, {}) for d in sorted(Path(run_dir).glob("seed_*"))]
     steps = np.array(sorted(set().union(*curves)))
     per_step = [np.array([c[s] for c in curves if s in c]) for s in steps]
     return (steps, np.array([v.mean() for v in per_step]), np.array([v.std() for v in per_step]),

@@ -1,12 +1,15 @@
-"""Returns of algos/ppo.py per environment, against published numbers.
+"""Returns of algos/ppo.py (or another algorithm, --algo) per environment, against published
+numbers.
 
 For each environment, trains all seeds in one run of the command line (`--num-seeds N`),
 reads summary.json (greedy evaluation return per seed, SPS, compile time) and the TensorBoard
-events (training episodic return per seed), and writes results/returns.md with a table and
-one learning-curve PNG per environment. Results are kept per environment in
-results/returns.json, so running one environment again updates its row only.
+events (training episodic return per seed), and writes returns.md with a table and one
+learning-curve PNG per environment into the algorithm's results folder (results/ for ppo,
+results/<algo>/ for the others). Results are kept per environment in returns.json there, so
+running one environment again updates its row only.
 
-    python docs/benchmarks/returns.py                       # all environments, full budgets
+    python docs/benchmarks/returns.py                       # ppo, all environments, full budgets
+    python docs/benchmarks/returns.py --algo a2c            # a2c's environments
     python docs/benchmarks/returns.py --envs Acrobot-v1 --seeds 5
     python docs/benchmarks/returns.py --total-timesteps 20000 --seeds 2 --out /tmp/r/returns.md
 """
@@ -19,9 +22,13 @@ import common
 
 NUM_CHUNKS = 20  # log points per run: the points of each learning curve
 EVAL_EPISODES = 50  # greedy episodes per seed: the evaluation mean of each seed
-# Published numbers: the PPO table of https://github.com/RobertTLange/gymnax-blines, whose
-# agents/<env>/ppo.yaml give each budget and its hyperparameters.
+# Published numbers. PPO: the PPO table of https://github.com/RobertTLange/gymnax-blines,
+# whose agents/<env>/ppo.yaml give each budget and its hyperparameters. A2C: benchmark.md of
+# https://github.com/DLR-RM/rl-baselines3-zoo (one agent trained per environment with the
+# tuned hyperparameters of hyperparams/a2c.yml, evaluated with its deterministic policy over
+# about 150k steps).
 GYMNAX_BLINES = "gymnax-blines PPO"
+RL_ZOO = "RL Zoo A2C"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +36,11 @@ class Setting:
     total_timesteps: int  # environment steps per seed
     reference: float  # published return (a line on the plot)
     reference_note: str
-    flags: tuple[str, ...] = ()  # ppo.py flags beyond its defaults
+    flags: tuple[str, ...] = ()  # command-line flags beyond the algorithm's defaults
     num_seeds: int | None = None  # None: --seeds
 
 
-SETTINGS = {
+PPO_SETTINGS = {
     "CartPole-v1": Setting(500_000, 500.0, f"500 ({GYMNAX_BLINES}, 150k steps)"),
     # At 500k steps the defaults reach about -88 (results/sweep_Acrobot-v1.md); a larger
     # learning rate with 8 epochs per rollout reached -75.7 and -76.3 on two sets of 8 seeds
@@ -51,17 +58,24 @@ SETTINGS = {
         flags=("--num-envs", "64", "--num-minibatches", "8", "--learning-rate", "5e-4")),
 }
 
+A2C_SETTINGS = {
+    "CartPole-v1": Setting(500_000, 500.0, f"500 ({RL_ZOO}, 500k steps)"),
+    "Acrobot-v1": Setting(500_000, -83.4, f"-83.4 ({RL_ZOO}, 500k steps)"),
+}
 
-def benchmark(env: str, num_seeds: int, total_timesteps: int, flags: tuple[str, ...] = (),
-              log_dir: Path = common.LOG_DIR, seed: int = 0) -> dict:
+SETTINGS = {"ppo": PPO_SETTINGS, "a2c": A2C_SETTINGS}  # --algo: the environments and flags
+
+
+def benchmark(algo: str, env: str, num_seeds: int, total_timesteps: int,
+              flags: tuple[str, ...] = (), log_dir: Path = common.LOG_DIR, seed: int = 0) -> dict:
     """Trains num_seeds seeds of env in one run; returns what the tables and plots need."""
-    run = common.run_ppo(env, num_seeds, total_timesteps,
-                         ("--seed", str(seed), "--num-chunks", str(NUM_CHUNKS),
-                          "--eval-episodes", str(EVAL_EPISODES), *flags), log_dir)
+    run = common.run_algo(algo, env, num_seeds, total_timesteps,
+                          ("--seed", str(seed), "--num-chunks", str(NUM_CHUNKS),
+                           "--eval-episodes", str(EVAL_EPISODES), *flags), log_dir)
     steps, mean, std, count = common.seed_curves(run.run_dir, "charts/episodic_return")
     summary = run.summary
     return {
-        "env": env, "seed": seed, "seeds": num_seeds, "steps": summary["steps"],
+        "algo": algo, "env": env, "seed": seed, "seeds": num_seeds, "steps": summary["steps"],
         "flags": list(flags),
         "eval_returns": summary["eval_returns"], "train_returns": summary["train_returns"],
         "sps": summary["sps"], "compile_seconds": summary["compile_seconds"],
@@ -80,7 +94,8 @@ def plot(result: dict, setting: Setting, path: Path) -> None:
 
     curve = {k: np.asarray(v) for k, v in result["curve"].items()}
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.plot(curve["steps"], curve["mean"], label="PPO (this repo), training episodes")
+    ax.plot(curve["steps"], curve["mean"],
+            label=f"{result['algo'].upper()} (this repo), training episodes")
     ax.fill_between(curve["steps"], curve["mean"] - curve["std"], curve["mean"] + curve["std"],
                     alpha=0.3)
     ax.axhline(setting.reference, color="gray", linestyle="--", label=setting.reference_note)
@@ -95,9 +110,9 @@ def plot(result: dict, setting: Setting, path: Path) -> None:
     common.report_written(path)
 
 
-def render(results: dict) -> str:
+def render(algo: str, results: dict) -> str:
     rows, machines = [], []
-    for env, setting in SETTINGS.items():
+    for env, setting in SETTINGS[algo].items():
         if env not in results:
             continue
         r = results[env]
@@ -106,11 +121,12 @@ def render(results: dict) -> str:
                      setting.reference_note, f"{r['sps']:,.0f}", f"{r['compile_seconds']:.1f}",
                      f"{r['process_seconds']:.0f}"])
         machines.append(f"- {env}: {r['machine']}")
-    plots = [f"![{env}]({env}.png)" for env in SETTINGS if env in results]
+    plots = [f"![{env}]({env}.png)" for env in SETTINGS[algo] if env in results]
+    command = "returns.py" + ("" if algo == "ppo" else f" --algo {algo}")
     return (
-        "# PPO returns\n\n"
-        "Generated by `python docs/benchmarks/returns.py`. Each environment is one run of "
-        "`algos/ppo.py` training all its seeds at once (`--num-seeds`), with "
+        f"# {algo.upper()} returns\n\n"
+        f"Generated by `python docs/benchmarks/{command}`. Each environment is one run of "
+        f"`algos/{algo}.py` training all its seeds at once (`--num-seeds`), with "
         f"`--num-chunks {NUM_CHUNKS}` (log points) and the flags listed, otherwise defaults. "
         "Greedy eval: mean over seeds of each seed's mean return in "
         f"`--eval-episodes {EVAL_EPISODES}` greedy (argmax) episodes at the end, ± std over seeds. Training "
@@ -135,27 +151,35 @@ def parse_timesteps(items: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--algo", default="ppo", choices=list(SETTINGS))
+    parser.add_argument("--envs", nargs="+", default=None,
+                        help="environments of SETTINGS[algo] (default all)")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds per environment (default 8; Breakout-MinAtar 5)")
+                        help="seeds per environment (default 8; ppo's Breakout-MinAtar 5)")
     parser.add_argument("--total-timesteps", nargs="+", default=[], metavar="[ENV=]N",
                         help="steps per seed instead of the budget of SETTINGS")
-    parser.add_argument("--out", type=Path, default=common.RESULTS / "returns.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="markdown file (default returns.md in the algorithm's results)")
     parser.add_argument("--log-dir", type=Path, default=common.LOG_DIR / "returns")
     cli = parser.parse_args()
+    settings = SETTINGS[cli.algo]
+    envs = cli.envs or list(settings)
+    if not set(envs) <= set(settings):
+        parser.error(f"--envs: {cli.algo} has settings for {', '.join(settings)} only")
 
+    out = cli.out or common.results_dir(cli.algo) / "returns.md"
     timesteps = parse_timesteps(cli.total_timesteps)
-    results_path = cli.out.with_suffix(".json")
+    results_path = out.with_suffix(".json")
     results = common.load_json(results_path) if results_path.is_file() else {}
-    for env in cli.envs:
-        setting = SETTINGS[env]
+    for env in envs:
+        setting = settings[env]
         num_seeds = cli.seeds or setting.num_seeds or 8
         steps = timesteps.get(env, timesteps.get(None, setting.total_timesteps))
         print(f"{env}: {num_seeds} seeds x {steps:,} steps", flush=True)
-        results[env] = benchmark(env, num_seeds, steps, setting.flags, cli.log_dir)
+        results[env] = benchmark(cli.algo, env, num_seeds, steps, setting.flags, cli.log_dir)
         common.save_json(results_path, results)
-        plot(results[env], setting, cli.out.parent / f"{env}.png")
-    common.write_text(cli.out, render(results))
+        plot(results[env], setting, out.parent / f"{env}.png")
+    common.write_text(out, render(cli.algo, results))
 
 
 if __name__ == "__main__":
