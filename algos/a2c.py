@@ -6,9 +6,10 @@ parallel environments with the current policy and taking one gradient step, on t
 batch, of the policy gradient weighted by n-step advantages, plus a value regression and an
 entropy bonus. No clipping, no epochs, no minibatches: each rollout is used once. The
 advantages come from GAE (https://arxiv.org/abs/1506.02438) with lambda 1, which are the
-n-step returns of the paper less the critic's values. Defaults are those of Stable-Baselines3's
-A2C (RMSprop, 5 steps per rollout). Everything, the environments included, runs inside one
-jitted `lax.scan`; `--num-seeds N` trains N agents at once.
+n-step returns of the paper less the critic's values. The defaults are Stable-Baselines3's
+(RMSprop, 5 steps per rollout, no entropy bonus), with 16 environments. Everything, the
+environments included, runs inside one jitted `lax.scan`; `--num-seeds N` trains N agents at
+once.
 Implementation details, measured returns and speed: docs/a2c.md.
 
 Usage:

@@ -98,7 +98,8 @@ def run_env_only(algo: str, env_id: str, num_seeds: int, total_timesteps: int) -
     if process.returncode != 0:
         raise RuntimeError(f"env-only worker failed:\n{process.stderr[-3000:]}")
     result = json.loads(process.stdout.strip().splitlines()[-1])
-    print(f"  env only ({algo}), {num_seeds} seeds x {result['steps']:,} steps: SPS {result['sps']:,.0f} "
+    print(f"  env only ({algo}), {num_seeds} seeds x {result['steps']:,} steps: "
+          f"SPS {result['sps']:,.0f} "
           f"on {result['devices']} devices", flush=True)
     return result
 
