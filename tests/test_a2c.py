@@ -30,11 +30,6 @@ A2C = Algo(
 class TestContract(ContractTests):
     algo = A2C
 
-    @pytest.mark.skip(reason="a property of jax's batched QR, which test_ppo.py checks with the "
-                      "same orthogonal initialisation")
-    def test_vmapped_orthogonal_init_does_not_deadlock(self):
-        pass
-
 
 @pytest.fixture(scope="module")
 def a2c():
