@@ -134,7 +134,25 @@ class ChainParams(environment.EnvParams):
     max_steps_in_episode: int = 1
 
 
-class TimeLimitChain(environment.Environment):
+class TwoActions(environment.Environment):
+    """The spaces of the test environments: two actions, OBS_SIZE observations in [0, 1]."""
+
+    OBS_SIZE = 2
+
+    @property
+    def num_actions(self) -> int:
+        return 2
+
+    def action_space(self, params=None):
+        return spaces.Discrete(2)
+
+    def observation_space(self, params):
+        return spaces.Box(0, 1, (self.OBS_SIZE,), jnp.float32)
+
+
+class TimeLimitChain(TwoActions):
+    OBS_SIZE = 3
+
     @property
     def default_params(self) -> ChainParams:
         return ChainParams()
@@ -152,16 +170,6 @@ class TimeLimitChain(environment.Environment):
 
     def get_obs(self, state, params=None, key=None):
         return jax.nn.one_hot(state.position, 3)
-
-    @property
-    def num_actions(self) -> int:
-        return 2
-
-    def action_space(self, params=None):
-        return spaces.Discrete(2)
-
-    def observation_space(self, params):
-        return spaces.Box(0, 1, (3,), jnp.float32)
 
 
 class TerminatingTimeLimitChain(TimeLimitChain):
@@ -187,7 +195,15 @@ class RandomLengthParams(environment.EnvParams):
     max_steps_in_episode: int = 100  # never reached: every episode terminates at its length
 
 
-class RandomLengthEpisodes(environment.Environment):
+class ConstantObservation(TwoActions):
+    """Two actions and a constant observation [1, 1]: what the agent does cannot depend on
+    the state, so its behaviour is the same at every step."""
+
+    def get_obs(self, state, params=None, key=None):
+        return jnp.ones(2)
+
+
+class RandomLengthEpisodes(ConstantObservation):
     """Evaluation bookkeeping, made visible in the return. Reset draws the episode's length L
     uniformly from 1..max_length; the observation is constant, so a greedy policy takes the same
     action a at every step; step t = 1, 2, ... pays (1 + a_t) 2^(t-1) and step L terminates.
@@ -210,19 +226,6 @@ class RandomLengthEpisodes(environment.Environment):
         state = RandomLengthState(length=length, time=jnp.int32(0))
         return self.get_obs(state), state
 
-    def get_obs(self, state, params=None, key=None):
-        return jnp.ones(2)
-
-    @property
-    def num_actions(self) -> int:
-        return 2
-
-    def action_space(self, params=None):
-        return spaces.Discrete(2)
-
-    def observation_space(self, params):
-        return spaces.Box(0, 1, (2,), jnp.float32)
-
 
 def greedy_returns(greedy_action: int, max_length: int) -> dict[float, int]:
     """RandomLengthEpisodes: the return of each complete greedy episode -> its length."""
@@ -241,7 +244,7 @@ class LongEpisodeParams(environment.EnvParams):
     max_steps_in_episode: int = 1000
 
 
-class SometimesNaNReward(environment.Environment):
+class SometimesNaNReward(ConstantObservation):
     """1000-step episodes paying 1 per step, except that in an episode whose reset drew
     `poisoned` (probability 1/2) the reward is NaN from step NAN_AFTER + 1 on. With one
     environment per seed and training shorter than an episode, each seed's first reset decides
@@ -261,19 +264,6 @@ class SometimesNaNReward(environment.Environment):
     def reset_env(self, key, params):
         state = PoisonedState(poisoned=jax.random.bernoulli(key), time=jnp.int32(0))
         return self.get_obs(state), state
-
-    def get_obs(self, state, params=None, key=None):
-        return jnp.ones(2)
-
-    @property
-    def num_actions(self) -> int:
-        return 2
-
-    def action_space(self, params=None):
-        return spaces.Discrete(2)
-
-    def observation_space(self, params):
-        return spaces.Box(0, 1, (2,), jnp.float32)
 
 
 TRUNCATED_CHAIN = "TimeLimitChain-test"
