@@ -454,8 +454,8 @@ def make_train(args: Args):
     def train_chunk(state: TrainState):
         state, metrics = jax.lax.scan(update_step, state, length=args.updates_per_chunk)
         sums = {k: metrics.pop(k).sum() for k in list(metrics) if k.startswith("episode_")}
-        means = jax.tree.map(jnp.mean, metrics)
-        means["learning_rate"] = metrics["learning_rate"][-1]  # the rate of the chunk's last step
+        learning_rate = metrics.pop("learning_rate")[-1]  # the rate of the chunk's last step
+        means = {**jax.tree.map(jnp.mean, metrics), "learning_rate": learning_rate}
         # A loss that went non-finite in any update of the chunk stays visible.
         means["finite"] = jnp.isfinite(metrics["loss"]).all()
         return state, {**means, **sums}
@@ -479,21 +479,24 @@ class EvalCarry(NamedTuple):
     key: jax.Array
 
 
+def greedy_step(network: ActorCritic, carry: EvalCarry, env, env_params) -> EvalCarry:
+    """One step of one environment with the greedy (argmax) action."""
+    key, step_key = jax.random.split(carry.key)
+    action = jnp.argmax(network.policy(carry.obs.astype(jnp.float32)))
+    obs, env_state, reward, terminated, truncated, _ = env.step(
+        step_key, carry.env_state, action, env_params)
+    return EvalCarry(env_state, obs, carry.episode_return + reward, terminated | truncated, key)
+
+
 def evaluate(network: ActorCritic, key, env, env_params):
-    """The return of one episode of the greedy (argmax) policy. vmap over keys for several:
-    under vmap, an episode that has ended keeps its carry while the others run on."""
+    """The return of one episode of the greedy policy. vmap over keys for several: under
+    vmap, an episode that has ended keeps its carry while the others run on."""
     reset_key, key = jax.random.split(key)
     obs, env_state = env.reset(reset_key, env_params)
-
-    def step(carry: EvalCarry) -> EvalCarry:
-        key, step_key = jax.random.split(carry.key)
-        action = jnp.argmax(network.policy(carry.obs.astype(jnp.float32)))
-        obs, env_state, reward, terminated, truncated, _ = env.step(
-            step_key, carry.env_state, action, env_params)
-        return EvalCarry(env_state, obs, carry.episode_return + reward, terminated | truncated, key)
-
     carry = EvalCarry(env_state, obs, jnp.float32(0), jnp.bool_(False), key)
-    return jax.lax.while_loop(lambda carry: ~carry.done, step, carry).episode_return
+    return jax.lax.while_loop(lambda carry: ~carry.done,
+                              lambda carry: greedy_step(network, carry, env, env_params),
+                              carry).episode_return
 
 
 VIDEO_MAX_FRAMES = 200  # classic control renders about 5 frames a second
@@ -506,14 +509,8 @@ def greedy_episode(network: ActorCritic, key, env, env_params, num_steps: int):
     obs, env_state = env.reset(reset_key, env_params)
 
     def step(carry: EvalCarry, _):
-        key, step_key = jax.random.split(carry.key)
-        action = jnp.argmax(network.policy(carry.obs.astype(jnp.float32)))
-        obs, env_state, reward, terminated, truncated, _ = env.step(
-            step_key, carry.env_state, action, env_params)
-        done = terminated | truncated
-        episode_return = carry.episode_return + reward
-        return (EvalCarry(env_state, obs, episode_return, done, key),
-                (carry.env_state, episode_return, done))
+        next_carry = greedy_step(network, carry, env, env_params)
+        return next_carry, (carry.env_state, next_carry.episode_return, next_carry.done)
 
     carry = EvalCarry(env_state, obs, jnp.float32(0), jnp.bool_(False), key)
     return jax.lax.scan(step, carry, length=num_steps)[1]
