@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,17 @@ import pytest
 from conftest import (BAD, GOOD, RANDOM_LENGTH, SOMETIMES_NAN, START, TERMINATED_CHAIN,
                       TRUNCATED_CHAIN, algo_path, assert_clean_error, describe, greedy_returns,
                       load_algo, run_algo, run_file, run_python, subprocess_env, the_run)
+
+
+def actor_critic_head(network, obs):
+    """An actor-critic network's own output: (logits [A], value [])."""
+    return network(obs)
+
+
+def q_network_head(network, obs):
+    """A Q-network's action values [A], and the greedy value max_a Q(obs, a)."""
+    q = network(obs)
+    return q, q.max()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,18 +54,26 @@ class Algo:
     help_text: str  # a docstring of one of its own Args fields, which --help must show
     bad_inputs: tuple  # its own (flags, message fragments) that must be refused
     continuous_file: str  # the file that the message for continuous actions names
-    loss_tags: tuple[str, ...]  # losses/<tag> it logs beyond SHARED_LOSS_TAGS
+    loss_tags: tuple[str, ...]  # the losses/<tag> it logs; the first is the loss itself
     tiny_chunk_steps: int  # environment steps per seed in each chunk of TINY_FLAGS
-    tiny_learning_rates: tuple[float, float]  # charts/learning_rate after each chunk of TINY_FLAGS
+    # charts/learning_rate after each chunk of TINY_FLAGS; None: a constant rate, not logged
+    tiny_learning_rates: tuple[float, float] | None
     chain: dict  # Args fields that learn the values of the time-limit chain (8 seeds)
     learn_flags: tuple = ()  # flags with which 3 seeds reach LEARN_THRESHOLD on CartPole-v1
+    # flags that every command-line run of the contract adds (a replay buffer's
+    # --learning-starts must lie within the few thousand steps of a tiny run)
+    cli_flags: tuple = ()
+    # network, one observation -> (action preferences [A], value of the state []): the
+    # logits and the critic's value of an actor-critic, Q and max Q of a Q-network
+    head: Callable = actor_critic_head
+    policy_starts_uniform: bool = True  # an actor-critic's initial policy is near-uniform
 
 
 SHARED_FLAGS = ("--env", "--seed", "--num-seeds", "--total-timesteps", "--num-envs",
                 "--num-steps", "--learning-rate", "--gamma", "--eval-episodes", "--num-chunks",
                 "--log-dir", "--no-track", "--save-model", "--load-model", "--eval-only",
                 "--capture-video")
-SHARED_LOSS_TAGS = ("loss", "policy_loss", "value_loss", "entropy", "explained_variance")
+ACTOR_CRITIC_LOSS_TAGS = ("loss", "policy_loss", "value_loss", "entropy", "explained_variance")
 # A command-line run of 2 chunks and 2 seeds, with its model saved.
 TINY_FLAGS = ("--total-timesteps", 6000, "--num-chunks", 2, "--num-seeds", 2, "--save-model")
 # Small runs (with Algo.fast): 2 environments x 16 steps per update, 2 updates in one chunk.
@@ -178,7 +198,7 @@ class ContractTests:
     @classmethod
     def tiny_run(cls, tmp_path_factory):
         log_dir = tmp_path_factory.mktemp("tiny")
-        result = run_algo(cls.algo.name, *TINY_FLAGS, "--log-dir", log_dir)
+        result = run_algo(cls.algo.name, *TINY_FLAGS, *cls.algo.cli_flags, "--log-dir", log_dir)
         assert result.returncode == 0, describe(result)
         return result, the_run(log_dir)
 
@@ -211,9 +231,10 @@ class ContractTests:
             assert all(math.isfinite(r) and r >= 8 for r in summary[key]), key
         assert os.path.getsize(run.model) > 0
 
-        tags = ["charts/episodic_return", "charts/episodic_length", "charts/SPS",
-                "charts/learning_rate"]
-        tags += [f"losses/{tag}" for tag in SHARED_LOSS_TAGS + self.algo.loss_tags]
+        tags = ["charts/episodic_return", "charts/episodic_length", "charts/SPS"]
+        tags += [f"losses/{tag}" for tag in self.algo.loss_tags]
+        if self.algo.tiny_learning_rates is not None:
+            tags.append("charts/learning_rate")
         for seed in range(2):
             events = run.events(seed)
             for tag in tags:
@@ -226,16 +247,21 @@ class ContractTests:
                 summary["train_returns"][seed])
             assert events["eval/episodic_return"] == {
                 2 * chunk: pytest.approx(summary["eval_returns"][seed])}
-            # the rate the optimiser used in the last update of each chunk
-            first, second = self.algo.tiny_learning_rates
-            assert events["charts/learning_rate"] == {chunk: pytest.approx(first),
-                                                      2 * chunk: pytest.approx(second)}
-            assert 0 < events["losses/entropy"][chunk] <= math.log(2) + 1e-6
-            assert all(v <= 1 for v in events["losses/explained_variance"].values())
+            if self.algo.tiny_learning_rates is not None:
+                # the rate the optimiser used in the last update of each chunk
+                first, second = self.algo.tiny_learning_rates
+                assert events["charts/learning_rate"] == {chunk: pytest.approx(first),
+                                                          2 * chunk: pytest.approx(second)}
+            else:
+                assert "charts/learning_rate" not in events
+            if "entropy" in self.algo.loss_tags:
+                assert 0 < events["losses/entropy"][chunk] <= math.log(2) + 1e-6
+            if "explained_variance" in self.algo.loss_tags:
+                assert all(v <= 1 for v in events["losses/explained_variance"].values())
 
     def test_same_seed_reproduces_exactly_and_seeds_differ(self, tiny_run, tmp_path, module):
         _, first = tiny_run
-        result = run_algo(self.algo.name, *TINY_FLAGS, "--log-dir", tmp_path)
+        result = run_algo(self.algo.name, *TINY_FLAGS, *self.algo.cli_flags, "--log-dir", tmp_path)
         assert result.returncode == 0, describe(result)
         second = the_run(tmp_path)
         with open(first.model, "rb") as f, open(second.model, "rb") as g:
@@ -268,7 +294,7 @@ class ContractTests:
         _, trained = tiny_run
         result = run_algo(self.algo.name, "--load-model", trained.model, "--num-seeds", 2,
                           "--learning-rate", 1e-30, "--total-timesteps", 1024, "--num-chunks", 1,
-                          "--save-model", "--no-track", "--log-dir", tmp_path)
+                          "--save-model", "--no-track", *self.algo.cli_flags, "--log-dir", tmp_path)
         assert result.returncode == 0, describe(result)
         run = the_run(tmp_path)
         assert not any(name.startswith("seed_") for name in os.listdir(run.path))  # --no-track
@@ -287,8 +313,9 @@ class ContractTests:
         obs_shape = env.observation_space(env_params).shape
         assert len(obs_shape) == 3
         state, metrics = run_small(module, self.algo, env="Breakout-MinAtar")
-        assert metrics["finite"].all() and np.isfinite(metrics["loss"]).all()
-        logits, value = jax.tree.map(lambda x: x[0], state.network)(jnp.zeros(obs_shape))
+        assert metrics["finite"].all() and np.isfinite(metrics[self.algo.loss_tags[0]]).all()
+        logits, value = self.algo.head(jax.tree.map(lambda x: x[0], state.network),
+                                       jnp.zeros(obs_shape))
         assert logits.shape == (env.action_space(env_params).n,) and value.shape == ()
         assert all(np.isfinite(leaf).all() for leaf in leaves(state.network))
 
@@ -308,7 +335,9 @@ class ContractTests:
         """8 seeds on the chain -> (greedy action at start [S], values of start/good/bad [S, 3])."""
         state, _ = run_small(module, self.algo, num_seeds=8, env=env_id, gamma=CHAIN_GAMMA,
                              **self.algo.chain)
-        logits, values = jax.vmap(lambda net: jax.vmap(net)(jnp.eye(3)))(state.network)
+        head = self.algo.head
+        logits, values = jax.vmap(lambda net: jax.vmap(lambda obs: head(net, obs))(jnp.eye(3)))(
+            state.network)
         return np.asarray(logits[:, START].argmax(-1)), np.asarray(values)
 
     def test_truncation_bootstraps_from_the_final_observation(self, module):
@@ -337,8 +366,9 @@ class ContractTests:
         """A network as init makes it (near-uniform policy) -> (network, its greedy action)."""
         init, _, _ = module.make_train(small_args(module, cls.algo, env=RANDOM_LENGTH))
         network = jax.jit(init)(jax.random.key(0)).network
-        logits, _ = network(jnp.ones(2))  # the environment's constant observation
-        assert abs(float(logits[1] - logits[0])) < 0.1  # a sampled policy takes both actions
+        logits, _ = cls.algo.head(network, jnp.ones(2))  # the environment's constant observation
+        if cls.algo.policy_starts_uniform:
+            assert abs(float(logits[1] - logits[0])) < 0.1  # a sampled policy takes both actions
         return network, int(np.argmax(logits))
 
     def evaluate_untrained(self, module, untrained, episodes: int, **params):
@@ -505,14 +535,14 @@ class ContractTests:
         assert summary["steps"] == 48
         assert run.args["env"] == SOMETIMES_NAN and run.args["seed"] == picked[0]
         for agent in range(2):
-            assert sorted(run.events(agent)["losses/loss"]) == [16, 32, 48]
+            assert sorted(run.events(agent)[f"losses/{self.algo.loss_tags[0]}"]) == [16, 32, 48]
         _, networks = module.load_networks(run.model)  # the model of the last finite chunk
         assert all(np.isfinite(leaf).all() for leaf in leaves(networks))
 
     def test_ctrl_c_stops_after_the_chunk_and_saves(self, tmp_path):
         # 2M steps in 400 chunks: far longer than the wait for a line.
         command = [algo_path(self.algo.name), "--total-timesteps", 2_000_000, "--num-chunks", 400,
-                   "--save-model", "--log-dir", tmp_path]
+                   "--save-model", *self.algo.cli_flags, "--log-dir", tmp_path]
         process = subprocess.Popen([sys.executable, *map(str, command)], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, env=subprocess_env())
         watchdog = threading.Timer(300, process.kill)  # a hang fails the test, not blocks it
@@ -535,7 +565,7 @@ class ContractTests:
         assert summary["steps"] % chunk == 0 and chunk <= summary["steps"] < 400 * chunk
         assert len(summary["eval_returns"]) == 1
         assert os.path.getsize(run.model) > 0
-        assert max(run.events(0)["losses/loss"]) == summary["steps"]
+        assert max(run.events(0)[f"losses/{self.algo.loss_tags[0]}"]) == summary["steps"]
 
     # -----------------------------------------------------------------------------------------
     # The single-file rule.
@@ -544,7 +574,7 @@ class ContractTests:
         name = f"{self.algo.name}.py"
         shutil.copy(algo_path(self.algo.name), tmp_path / name)
         result = run_file(str(tmp_path / name), "--total-timesteps", 1024, "--num-chunks", 1,
-                          "--no-track", "--log-dir", "runs", cwd=tmp_path)
+                          *self.algo.cli_flags, "--no-track", "--log-dir", "runs", cwd=tmp_path)
         assert result.returncode == 0, describe(result)
         steps = int(re.match(r"step\s+([\d,]+)", result.stdout).group(1).replace(",", ""))
         assert the_run(tmp_path / "runs").summary["steps"] == steps > 0

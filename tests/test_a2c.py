@@ -9,7 +9,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from algo_files import load_algo
-from contract import Algo, ContractTests, leaves, run_small
+from contract import ACTOR_CRITIC_LOSS_TAGS, Algo, ContractTests, leaves, run_small
 
 A2C = Algo(
     name="a2c",
@@ -18,7 +18,7 @@ A2C = Algo(
     help_text="RMSprop learning rate",
     bad_inputs=((["--gae-lambda", 1.5], ["--gae-lambda"]),),
     continuous_file="ppo_continuous.py",
-    loss_tags=(),
+    loss_tags=ACTOR_CRITIC_LOSS_TAGS,
     # 6000 steps round down to 2 chunks of 37 updates of 16 x 5 steps; the rate is constant.
     tiny_chunk_steps=2960,
     tiny_learning_rates=(7e-4, 7e-4),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from algo_files import load_algo
-from contract import Algo, ContractTests, leaves, run_small
+from contract import ACTOR_CRITIC_LOSS_TAGS, Algo, ContractTests, leaves, run_small
 
 PPO = Algo(
     name="ppo",
@@ -22,7 +22,7 @@ PPO = Algo(
         (["--num-minibatches", 3], ["--num-minibatches", "--num-envs", "divisible"]),
     ),
     continuous_file="ppo_continuous.py",
-    loss_tags=("approx_kl", "clipfrac"),
+    loss_tags=ACTOR_CRITIC_LOSS_TAGS + ("approx_kl", "clipfrac"),
     # 6000 steps round down to 2 chunks of 5 updates of 4 x 128 steps; the rate falls
     # linearly to 0 over the 10 updates and is constant within one.
     tiny_chunk_steps=2560,

@@ -1,0 +1,232 @@
+"""Tests of algos/dqn.py: the contract every algorithm file passes (contract.py), run with
+DQN's own flags and sizes, and the tests of what only the replay-buffer family has: the
+buffer, --learning-starts, the epsilon schedule, the target network, the loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from algo_files import load_algo
+from contract import Algo, ContractTests, leaves, q_network_head, run_small, small_args
+
+DQN = Algo(
+    name="dqn",
+    # small runs: 2 environments x 16 steps per update, 8 gradient steps of 32 per update
+    fast=dict(learning_starts=0, train_frequency=4, batch_size=32, buffer_size=256,
+              target_network_frequency=32),
+    help_flags=("--buffer-size", "--batch-size", "--learning-starts", "--train-frequency",
+                "--target-network-frequency", "--tau", "--start-e", "--end-e",
+                "--exploration-fraction", "--double-q", "--huber-delta"),
+    help_text="environment steps before the first gradient step",
+    bad_inputs=(
+        (["--buffer-size", 100, "--batch-size", 128], ["--buffer-size", "--batch-size"]),
+        # 10 environments: 105 transitions round down to 100
+        (["--buffer-size", 105, "--batch-size", 101], ["--buffer-size", "--num-envs", "101"]),
+        (["--learning-starts", 500_000], ["--learning-starts", "--total-timesteps"]),
+        (["--learning-starts", -1], ["--learning-starts"]),
+        (["--train-frequency", 3], ["--train-frequency", "--num-envs", "multiple"]),
+        (["--batch-size", 0], ["--batch-size", "positive"]),
+        (["--start-e", 1.5], ["--start-e", "[0, 1]"]),
+        (["--end-e", -0.1], ["--end-e", "[0, 1]"]),
+        (["--exploration-fraction", 0], ["--exploration-fraction"]),
+        (["--tau", 0], ["--tau"]),
+        (["--huber-delta", 0], ["--huber-delta"]),
+    ),
+    continuous_file="sac.py",
+    loss_tags=("td_loss", "q_values"),
+    # 6000 steps round down to 2 chunks of 300 updates of 10 x 1 steps
+    tiny_chunk_steps=3000,
+    tiny_learning_rates=None,  # Adam at a constant rate; charts/epsilon instead
+    chain=dict(num_envs=16, num_steps=1, train_frequency=16, total_timesteps=16_000,
+               learning_rate=1e-3, target_network_frequency=160),
+    learn_flags=(),  # the defaults: 500k steps
+    cli_flags=("--learning-starts", 1000),
+    head=q_network_head,
+    policy_starts_uniform=False,
+)
+
+
+class TestContract(ContractTests):
+    algo = DQN
+
+
+@pytest.fixture(scope="module")
+def dqn():
+    return load_algo("dqn")
+
+
+# ---------------------------------------------------------------------------------------------
+# The replay buffer.
+
+
+def one_transition(dqn, value: float, num_envs: int):
+    """A step of num_envs environments whose fields all hold `value` + the environment index."""
+    fill = value + jnp.arange(num_envs, dtype=jnp.float32)
+    return dqn.Transition(obs=jnp.stack([fill, fill], axis=1), action=fill.astype(jnp.int32),
+                          reward=fill, terminated=fill, next_obs=jnp.stack([fill, fill], axis=1))
+
+
+def test_buffer_wraps_around_and_overwrites_the_oldest_rows(dqn):
+    num_envs, rows = 3, 5
+    like = jax.tree.map(lambda x: x[0], one_transition(dqn, 0.0, num_envs))
+    buffer = dqn.buffer_init(like, num_envs, rows)
+    add = jax.jit(dqn.buffer_add)
+    for step in range(7):  # steps 1..7 hold values 100, 200, ..., 700
+        buffer = add(buffer, one_transition(dqn, 100.0 * (step + 1), num_envs))
+        assert int(buffer.size) == min(step + 1, rows)
+        assert int(buffer.position) == (step + 1) % rows
+    # rows 0 and 1 were overwritten by steps 6 and 7; rows 2-4 hold steps 3-5
+    expected = np.array([600, 700, 300, 400, 500], np.float32)
+    for env in range(num_envs):
+        np.testing.assert_array_equal(buffer.transitions.reward[env], expected + env)
+        np.testing.assert_array_equal(buffer.transitions.obs[env, :, 1], expected + env)
+        np.testing.assert_array_equal(buffer.transitions.action[env], (expected + env).astype(int))
+
+
+def test_sampling_stays_inside_the_filled_part(dqn):
+    """Before the buffer wraps, only written rows come back, every one of them in time; the
+    empty rows (zeros) never do. After it wraps, every row can."""
+    num_envs, rows, batch = 2, 50, 64
+    like = jax.tree.map(lambda x: x[0], one_transition(dqn, 0.0, num_envs))
+    buffer = dqn.buffer_init(like, num_envs, rows)
+    add = jax.jit(dqn.buffer_add)
+    indices = jax.jit(dqn.buffer_sample_indices, static_argnums=2)
+    sample = jax.jit(dqn.buffer_sample, static_argnums=2)
+    for step in range(3):
+        buffer = add(buffer, one_transition(dqn, 10.0 * (step + 1), num_envs))
+    keys = jax.random.split(jax.random.key(0), 100)
+    env, row = jax.vmap(lambda key: indices(buffer, key, batch))(keys)
+    assert set(np.asarray(row).ravel()) == {0, 1, 2}
+    assert set(np.asarray(env).ravel()) == {0, 1}
+    rewards = np.asarray(jax.vmap(lambda key: sample(buffer, key, batch))(keys).reward)
+    assert set(rewards.ravel()) == {10, 11, 20, 21, 30, 31}  # never an empty row's 0
+
+    for step in range(3, 60):
+        buffer = add(buffer, one_transition(dqn, 10.0 * (step + 1), num_envs))
+    env, row = jax.vmap(lambda key: indices(buffer, key, batch))(keys)
+    assert set(np.asarray(row).ravel()) == set(range(rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# --learning-starts, epsilon, the target network.
+
+
+def train_chunks(dqn, chunks: int, **fields):
+    """init, then `chunks` chunks of a small configuration -> (states after each, metrics)."""
+    init, train_chunk, _ = dqn.make_train(small_args(dqn, DQN, **fields))
+    state = jax.jit(init)(jax.random.key(0))
+    chunk = jax.jit(train_chunk)
+    states, history = [state], []
+    for _ in range(chunks):
+        state, metrics = chunk(state)
+        states.append(state)
+        history.append(jax.tree.map(np.asarray, metrics))
+    return states, history
+
+
+def test_no_gradient_step_before_learning_starts(dqn):
+    """Chunks of 32 steps, learning from step 96: the network is untouched for the first two
+    chunks, which log no loss (NaN), and the third chunk takes one update of gradient steps."""
+    states, history = train_chunks(dqn, 4, learning_starts=96, total_timesteps=128, num_chunks=4)
+    initial = leaves(states[0].network)
+    for chunk in (1, 2):
+        assert all(np.array_equal(a, b) for a, b in zip(initial, leaves(states[chunk].network)))
+        assert int(states[chunk].learner.gradient_steps) == 0
+        assert np.isnan(history[chunk - 1]["td_loss"]) and history[chunk - 1]["finite"]
+    assert not all(np.array_equal(a, b) for a, b in zip(initial, leaves(states[3].network)))
+    # the update that reached step 96 and the one after: 8 gradient steps each
+    assert int(states[3].learner.gradient_steps) == 8
+    assert int(states[4].learner.gradient_steps) == 16
+    assert np.isfinite(history[2]["td_loss"]) and history[2]["q_values"] != 0
+
+
+def test_epsilon_falls_linearly_then_stays(dqn):
+    """start_e 1 to end_e 0.1 over half of 320 steps; chunks of 32 steps report the epsilon of
+    their last step."""
+    _, history = train_chunks(dqn, 10, total_timesteps=320, num_chunks=10, start_e=1.0,
+                              end_e=0.1, exploration_fraction=0.5)
+    last_steps = 32 * np.arange(1, 11) - 2  # 2 environments: the last step starts at 30, 62, ...
+    expected = np.maximum(1.0 - 0.9 * last_steps / 160, 0.1)
+    np.testing.assert_allclose([h["epsilon"] for h in history], expected, rtol=1e-6)
+
+
+def test_epsilon_one_acts_at_random_and_zero_greedily(dqn):
+    """RandomLengthEpisodes pays (1 + a) 2^(t-1) at step t: with epsilon 0 an untrained network
+    takes its one greedy action at every step (returns (1 + a)(2^L - 1)); with epsilon 1 the
+    actions are mixed, and most returns are not of that form."""
+    from conftest import RANDOM_LENGTH, greedy_returns
+
+    results = {}
+    for epsilon in (0.0, 1.0):
+        _, history = train_chunks(dqn, 1, env=RANDOM_LENGTH, learning_rate=1e-30,
+                                  total_timesteps=512, start_e=epsilon, end_e=epsilon)
+        count = history[0]["episode_count"]
+        results[epsilon] = history[0]["episode_return_sum"] / count
+    network = train_chunks(dqn, 0, env=RANDOM_LENGTH)[0][0].network
+    greedy = int(np.argmax(network(jnp.ones(2))))
+    valid = greedy_returns(greedy, max_length=8)
+    mean_greedy_return = np.mean(list(valid))  # L is uniform on 1..8
+    assert results[0.0] == pytest.approx(mean_greedy_return, rel=0.25)
+    # at random each step pays 1.5 2^(t-1) on average, between the two greedy policies
+    assert results[1.0] == pytest.approx(1.5 * np.mean([2 ** L - 1 for L in range(1, 9)]), rel=0.25)
+    assert results[1.0] != pytest.approx(results[0.0], rel=0.1)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_target_network_follows_every_target_period(dqn, tau):
+    """Each chunk of one update takes 8 gradient steps (32 steps / train_frequency 4); with
+    target_network_frequency 32 the target moves every 8 gradient steps, i.e. at the last step
+    of each chunk: to the online network (tau 1), or halfway to it (tau 0.5)."""
+    states, _ = train_chunks(dqn, 3, total_timesteps=32, target_network_frequency=32, tau=tau)
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(states[0].network),
+                                                     leaves(states[0].learner.target_network)))
+    for state in states[1:]:
+        assert int(state.learner.gradient_steps) % 8 == 0
+    # tau 1: after each chunk the target is the online network
+    # tau 0.5: target_k = (online_k + target_{k-1}) / 2, with online_k of the step that updated
+    for before, after in zip(states[:-1], states[1:]):
+        online = leaves(after.network)
+        previous = leaves(before.learner.target_network)
+        expected = [tau * o + (1 - tau) * p for o, p in zip(online, previous)]
+        for e, t in zip(expected, leaves(after.learner.target_network)):
+            np.testing.assert_allclose(t, e, rtol=1e-6, atol=1e-7)
+        assert not all(np.array_equal(a, b) for a, b in zip(previous, leaves(after.learner.target_network)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss.
+
+
+@pytest.mark.parametrize("double_q", [False, True])
+def test_loss_is_the_td_error_of_q_learning(dqn, double_q):
+    """One transition by hand: target r + gamma (1 - terminated) Q'(s', a*), where a* is the
+    argmax of Q' (DQN) or of the online Q (double DQN); squared error / 2, or Huber."""
+    obs, next_obs = jnp.array([0.1, -0.2, 0.3, 0.05]), jnp.array([0.2, 0.1, -0.3, 0.5])
+    for seed in range(20):  # two networks whose argmax at next_obs differ: the variants differ
+        key_0, key_1 = jax.random.split(jax.random.key(seed))
+        network = dqn.QNetwork(key_0, (4,), 3)
+        target_network = dqn.QNetwork(key_1, (4,), 3)
+        q, q_next, q_next_online = network(obs), target_network(next_obs), network(next_obs)
+        if int(q_next.argmax()) != int(q_next_online.argmax()):
+            break
+    assert int(q_next.argmax()) != int(q_next_online.argmax())
+    a_star = int((q_next_online if double_q else q_next).argmax())
+    for terminated in (0.0, 1.0):
+        transition = dqn.Transition(obs, jnp.int32(2), jnp.float32(1.5), jnp.float32(terminated),
+                                    next_obs)
+        target = 1.5 + 0.9 * (1 - terminated) * float(q_next[a_star])
+        td = target - float(q[2])
+        for huber_delta, expected in [(None, 0.5 * td ** 2),
+                                      (0.01, 0.01 * (abs(td) - 0.005))]:
+            args = dqn.Args(gamma=0.9, double_q=double_q, huber_delta=huber_delta)
+            loss, metrics = dqn.q_loss(network, target_network, transition, args)
+            assert float(loss) == pytest.approx(expected, rel=1e-5)
+            assert float(metrics["q_values"]) == pytest.approx(float(q[2]))
+
+
+def test_double_q_changes_training(dqn):
+    states, _ = train_chunks(dqn, 1)
+    double, _ = train_chunks(dqn, 1, double_q=True)
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(states[1].network),
+                                                         leaves(double[1].network)))
