@@ -29,6 +29,9 @@ EVAL_EPISODES = 50  # greedy episodes per seed: the evaluation mean of each seed
 # about 150k steps).
 GYMNAX_BLINES = "gymnax-blines PPO"
 RL_ZOO = "RL Zoo A2C"
+# The value-based family: CleanRL's published returns at 500k steps (its dqn_jax.py, c51_jax.py
+# and pqn.py benchmark reports, as issue 7 quotes them).
+CLEANRL = "CleanRL"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +66,32 @@ A2C_SETTINGS = {
     "Acrobot-v1": Setting(500_000, -83.4, f"-83.4 ({RL_ZOO}, 500k steps)"),
 }
 
-SETTINGS = {"ppo": PPO_SETTINGS, "a2c": A2C_SETTINGS}  # --algo: the environments and flags
+DQN_SETTINGS = {
+    "CartPole-v1": Setting(500_000, 498.4, f"498.4 ({CLEANRL} dqn_jax.py, 500k steps)"),
+    "Acrobot-v1": Setting(500_000, -88.9, f"-88.9 ({CLEANRL} dqn_jax.py, 500k steps)"),
+    "MountainCar-v0": Setting(500_000, -188.9, f"-188.9 ({CLEANRL} dqn_jax.py, 500k steps)"),
+}
+
+C51_SETTINGS = {
+    "CartPole-v1": Setting(500_000, 491.1, f"491.1 ({CLEANRL} c51_jax.py, 500k steps)"),
+    "Acrobot-v1": Setting(500_000, -86.7, f"-86.7 ({CLEANRL} c51_jax.py, 500k steps)"),
+    "MountainCar-v0": Setting(500_000, -174.3, f"-174.3 ({CLEANRL} c51_jax.py, 500k steps)"),
+}
+
+QR_DQN_SETTINGS = {
+    "CartPole-v1": Setting(500_000, 500.0, "500 (RL Zoo QR-DQN, tuned)"),
+    "Acrobot-v1": Setting(500_000, -80.0, "-80 (issue 7's goal)"),
+    "MountainCar-v0": Setting(500_000, -106.0, "-106 (RL Zoo QR-DQN, tuned)"),
+}
+
+PQN_SETTINGS = {
+    "CartPole-v1": Setting(500_000, 495.1, f"495.1 ({CLEANRL} pqn.py, 500k steps)"),
+    "Acrobot-v1": Setting(500_000, -95.6, f"-95.6 ({CLEANRL} pqn.py, 500k steps)"),
+    "MountainCar-v0": Setting(500_000, -200.0, f"-200 ({CLEANRL} pqn.py, 500k steps)"),
+}
+
+SETTINGS = {"ppo": PPO_SETTINGS, "a2c": A2C_SETTINGS, "dqn": DQN_SETTINGS, "c51": C51_SETTINGS,
+            "qr_dqn": QR_DQN_SETTINGS, "pqn": PQN_SETTINGS}  # --algo: environments and flags
 
 
 def benchmark(algo: str, env: str, num_seeds: int, total_timesteps: int,

@@ -42,7 +42,24 @@ PPO_VARIANTS = [
 A2C_VARIANTS = [("--num-envs", num_envs, "--ent-coef", ent_coef)
                 for num_envs in ("8", "16", "32") for ent_coef in ("0.0", "0.01")]
 
-VARIANTS = {"ppo": PPO_VARIANTS, "a2c": A2C_VARIANTS}
+# The value-based family: filled in by each file's own search (see its docs page).
+DQN_VARIANTS = [
+    (),
+    ("--double-q",),
+    ("--learning-rate", "1e-3"),
+    ("--target-network-frequency", "1000"),
+    ("--exploration-fraction", "0.2"),
+    ("--train-frequency", "5"),
+    ("--buffer-size", "50000"),
+    ("--double-q", "--target-network-frequency", "1000"),
+    ("--huber-delta", "10"),
+]
+C51_VARIANTS = [()]
+QR_DQN_VARIANTS = [()]
+PQN_VARIANTS = [()]
+
+VARIANTS = {"ppo": PPO_VARIANTS, "a2c": A2C_VARIANTS, "dqn": DQN_VARIANTS, "c51": C51_VARIANTS,
+            "qr_dqn": QR_DQN_VARIANTS, "pqn": PQN_VARIANTS}
 
 
 def render(algo: str, env: str, target: float, results: dict) -> str:
