@@ -203,11 +203,14 @@ def make_env(args: Args):
 # Network: a torso and a linear head with one output per action (as CleanRL and PureJaxRL).
 
 
-def orthogonal_linear(key, in_features: int, out_features: int, scale: float) -> eqx.nn.Linear:
-    """A Linear layer with orthogonal weights of gain `scale` and zero biases."""
+def lecun_linear(key, in_features: int, out_features: int) -> eqx.nn.Linear:
+    """A Linear layer with LeCun-normal weights (variance 1 / in_features) and zero biases:
+    flax's default, so the init of CleanRL's dqn_jax.py and PureJaxRL's dqn.py. Measured on
+    CartPole-v1 (8 seeds, 500k steps): 500.0 ± 0.0, against 481 ± 47 with ppo.py's orthogonal
+    init of gain sqrt(2) and 431 ± 105 with gain 1."""
     # Shapes only: eval_shape builds the layer without running its default random init.
     layer = eqx.filter_eval_shape(eqx.nn.Linear, in_features, out_features, key=jax.random.key(0))
-    weight = jax.nn.initializers.orthogonal(scale)(key, (out_features, in_features))
+    weight = jax.nn.initializers.lecun_normal(in_axis=1, out_axis=0)(key, (out_features, in_features))
     return eqx.tree_at(lambda l: (l.weight, l.bias), layer, (weight, jnp.zeros(out_features)))
 
 
@@ -223,13 +226,13 @@ class Torso(eqx.Module):
         conv_key, key_0, key_1 = jax.random.split(key, 3)
         if len(obs_shape) == 3:
             height, width, channels = obs_shape
-            self.conv = orthogonal_linear(conv_key, 9 * channels, 16, math.sqrt(2))
+            self.conv = lecun_linear(conv_key, 9 * channels, 16)
             conv_features = 16 * (height - 2) * (width - 2)
-            self.layers = (orthogonal_linear(key_0, conv_features, 128, math.sqrt(2)),)
+            self.layers = (lecun_linear(key_0, conv_features, 128),)
         else:
             self.conv = None
-            self.layers = (orthogonal_linear(key_0, math.prod(obs_shape), 120, math.sqrt(2)),
-                           orthogonal_linear(key_1, 120, 84, math.sqrt(2)))
+            self.layers = (lecun_linear(key_0, math.prod(obs_shape), 120),
+                           lecun_linear(key_1, 120, 84))
 
     @property
     def out_features(self) -> int:
@@ -260,7 +263,7 @@ class QNetwork(eqx.Module):
     def __init__(self, key, obs_shape: tuple[int, ...], num_actions: int):
         torso_key, head_key = jax.random.split(key)
         self.torso = Torso(torso_key, obs_shape)
-        self.head = orthogonal_linear(head_key, self.torso.out_features, num_actions, 1.0)
+        self.head = lecun_linear(head_key, self.torso.out_features, num_actions)
 
     def __call__(self, obs):
         """One observation -> action values Q(obs, .) [A]."""

@@ -53,9 +53,22 @@ DQN_VARIANTS = [
     ("--buffer-size", "50000"),
     ("--double-q", "--target-network-frequency", "1000"),
     ("--huber-delta", "10"),
+    ("--huber-delta", "1"),
 ]
 C51_VARIANTS = [()]
-QR_DQN_VARIANTS = [()]
+# QR-DQN: dqn.py's defaults first; then, one at a time, a larger learning rate, the RL Zoo's 10
+# quantiles of CartPole-v1, a larger buffer; for MountainCar-v0 the RL Zoo's tuned
+# hyperparameters (hyperparams/qrdqn.yml) that our flags express.
+QR_DQN_VARIANTS = [
+    (),
+    ("--learning-rate", "1e-3"),
+    ("--n-quantiles", "10"),
+    ("--double-q",),
+    ("--buffer-size", "100000"),
+    ("--learning-rate", "1e-3", "--buffer-size", "100000"),
+    ("--gamma", "0.98", "--learning-rate", "4e-3", "--target-network-frequency", "600",
+     "--exploration-fraction", "0.2", "--end-e", "0.07"),
+]
 PQN_VARIANTS = [()]
 
 VARIANTS = {"ppo": PPO_VARIANTS, "a2c": A2C_VARIANTS, "dqn": DQN_VARIANTS, "c51": C51_VARIANTS,
