@@ -52,8 +52,10 @@ def run_algo(algo: str, env: str, num_seeds: int = 1, total_timesteps: int | Non
     if process.returncode != 0:
         raise RuntimeError(f"`{shown}` exited with {process.returncode}:\n"
                            f"{process.stdout[-2000:]}{process.stderr[-2000:]}")
-    # The run folder is named after the second it started in, so find it as the new one.
-    new = [d for d in set(log_dir.iterdir()) - before if (d / "summary.json").is_file()]
+    # The run folder is named {env}__{algo}__{seed}__{second it started}, so find it as the
+    # new one of this env and algo (other scripts may run other algorithms meanwhile).
+    new = [d for d in set(log_dir.iterdir()) - before
+           if d.name.startswith(f"{env}__{algo}__") and (d / "summary.json").is_file()]
     if len(new) != 1:
         raise RuntimeError(f"expected one new run folder in {log_dir} after `{shown}`, found {new}")
     summary = load_json(new[0] / "summary.json")

@@ -59,6 +59,13 @@ PPO_FLAGS = ("--num-envs", "4", "--num-steps", "128", "--update-epochs", "4",
              "--gamma", "0.99", "--gae-lambda", "0.95", "--clip-coef", "0.2",
              "--ent-coef", "0.01", "--vf-coef", "0.5", "--max-grad-norm", "0.5")
 
+# algos/dqn.py's defaults (PureJaxRL's DQN configuration), stated as flags.
+DQN_FLAGS = ("--num-envs", "10", "--num-steps", "1", "--train-frequency", "10",
+             "--buffer-size", "10000", "--batch-size", "128", "--learning-starts", "10000",
+             "--learning-rate", "2.5e-4", "--target-network-frequency", "500", "--tau", "1.0",
+             "--start-e", "1.0", "--end-e", "0.05", "--exploration-fraction", "0.5",
+             "--gamma", "0.99", "--no-double-q")
+
 PEERS = {
     "ppo": Peer(
         label="PPO",
@@ -77,6 +84,25 @@ PEERS = {
                "1e-8), Flax's default initialisation, and `max_grad_norm` clips each gradient "
                "element (`optax.clip`) rather than the global norm; it has no annealing option, "
                "so its Adam is given the same linear schedule as ours."),
+    ),
+    "dqn": Peer(
+        label="DQN",
+        env="CartPole-v1",
+        our_command="python algos/dqn.py --env CartPole-v1 --num-seeds N",
+        our_run=lambda env, num_seeds, total_timesteps, log_dir: common.run_algo(
+            "dqn", env, num_seeds, total_timesteps, flags=DQN_FLAGS, log_dir=log_dir),
+        rejax_algo="dqn",
+        # num_epochs: gradient steps per iteration of num_envs steps; polyak 0: a copy.
+        rejax_config=dict(
+            num_envs=10, num_epochs=1, buffer_size=10_000, fill_buffer=10_000, batch_size=128,
+            learning_rate=2.5e-4, target_update_freq=500, polyak=0.0, eps_start=1.0,
+            eps_end=0.05, exploration_fraction=0.5, gamma=0.99, ddqn=False,
+            agent_kwargs={"activation": "relu", "hidden_layer_sizes": [120, 84]},
+            normalize_observations=False, normalize_rewards=False),
+        notes=("rejax's DQN takes uniformly random actions until the buffer holds "
+               "`fill_buffer` transitions (ours: epsilon-greedy from the start, epsilon near 1), "
+               "uses the squared TD error as ours does by default, and has no gradient clipping "
+               "here (`max_grad_norm` infinite)."),
     ),
 }
 
