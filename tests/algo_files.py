@@ -33,8 +33,9 @@ def load_algo(algo: str):
     return sys.modules[name]
 
 
-def read_events(folder: str) -> dict[str, dict[int, float]]:
-    """Scalars of all event files in one folder: {tag: {step: value}}. Read without
+def read_events(folder: str, wall_time: bool = False) -> dict[str, dict[int, float]]:
+    """Scalars of all event files in one folder: {tag: {step: value}}, or with wall_time
+    {tag: {step: the Unix time it was written}}. Read without
     TensorFlow or TensorBoard, only tensorboardX's protobufs: a TFRecord file is a sequence of
     [uint64 length][uint32 crc of length][Event proto][uint32 crc of data], little endian."""
     from tensorboardX.proto.event_pb2 import Event
@@ -52,5 +53,6 @@ def read_events(folder: str) -> dict[str, dict[int, float]]:
             event = Event.FromString(data[offset + 12:end])
             offset = end + 4
             for value in event.summary.value:
-                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+                scalars.setdefault(value.tag, {})[event.step] = (
+                    event.wall_time if wall_time else value.simple_value)
     return scalars
