@@ -462,12 +462,11 @@ def make_train(args: Args):
         carry = EnvCarry(env_state, obs, episode_return * ~done, episode_length * ~done)
         return carry, (transition, episode_end)
 
-    def collect_rollout(network: QNetwork, envs: EnvCarry, buffer: ReplayBuffer, env_steps, key):
-        """T epsilon-greedy steps of the N environments, each step written to the buffer ->
-        (envs, buffer, episode ends [T, N])."""
+    def collect_rollout(network: QNetwork, envs: EnvCarry, buffer: ReplayBuffer, epsilon, key):
+        """T epsilon-greedy steps of the N environments (epsilon [T]: of each step), each
+        step written to the buffer -> (envs, buffer, episode ends [T, N])."""
         explore_key, action_key, step_key = jax.random.split(key, 3)
-        # Epsilon of each step [T], and the rollout's randomness, drawn before the scan.
-        epsilon = epsilon_schedule(env_steps + N * jnp.arange(T))
+        # The rollout's randomness, drawn before the scan.
         explore = jax.random.uniform(explore_key, (T, N)) < epsilon[:, None]
         random_action = jax.random.randint(action_key, (T, N), 0, num_actions)
         step_keys = jax.random.split(step_key, (T, N))
@@ -517,15 +516,16 @@ def make_train(args: Args):
 
     def update_step(state: TrainState, _):
         key, rollout_key, learn_key = jax.random.split(state.key, 3)
-        envs, buffer, episode_end = collect_rollout(state.learner.network, state.envs,
-                                                    state.buffer, state.env_steps, rollout_key)
+        epsilon = epsilon_schedule(state.env_steps + N * jnp.arange(T))  # [T]
+        envs, buffer, episode_end = collect_rollout(state.network, state.envs, state.buffer,
+                                                    epsilon, rollout_key)
         env_steps = state.env_steps + T * N
         learning = env_steps >= args.learning_starts
         learner, metrics = jax.lax.cond(learning, learn, skip_learning, state.learner, buffer,
                                         learn_key)
 
         metrics["learning"] = learning
-        metrics["epsilon"] = epsilon_schedule(state.env_steps + N * (T - 1))  # of the last step
+        metrics["epsilon"] = epsilon[-1]
         metrics["episode_count"] = episode_end.done.sum()
         metrics["episode_return_sum"] = (episode_end.episode_return * episode_end.done).sum()
         metrics["episode_length_sum"] = (episode_end.episode_length * episode_end.done).sum()

@@ -64,6 +64,13 @@ DQN_VARIANTS = [
      "--learning-starts", "1000", "--target-network-frequency", "600",
      "--exploration-fraction", "0.2", "--end-e", "0.07"),
     ("--learning-rate", "1e-3", "--double-q"),
+    # MountainCar-v0 again, with the RL Zoo's exploration length (0.2 of its 120k steps)
+    ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
+     "--learning-starts", "1000", "--target-network-frequency", "600",
+     "--exploration-fraction", "0.05", "--end-e", "0.07"),
+    ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
+     "--learning-starts", "1000", "--target-network-frequency", "600",
+     "--exploration-fraction", "0.05", "--end-e", "0.07", "--double-q"),
 ]
 C51_VARIANTS = [()]
 # QR-DQN: its defaults first; then the paper's kappa of 1 (diverged on CartPole-v1, see
