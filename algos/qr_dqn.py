@@ -155,7 +155,8 @@ class Args:
 
     @property
     def exploration_steps(self) -> int:
-        return int(self.exploration_fraction * self.total_timesteps)
+        # at least 1: optax.linear_schedule over 0 steps is a Python float, and stays at start_e
+        return max(1, int(self.exploration_fraction * self.total_timesteps))
 
 
 class ConfigError(ValueError):

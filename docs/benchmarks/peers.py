@@ -66,6 +66,12 @@ DQN_FLAGS = ("--num-envs", "10", "--num-steps", "1", "--train-frequency", "10",
              "--start-e", "1.0", "--end-e", "0.05", "--exploration-fraction", "0.5",
              "--gamma", "0.99", "--no-double-q")
 
+# algos/pqn.py's defaults (CleanRL's pqn.py), stated as flags.
+PQN_FLAGS = ("--num-envs", "32", "--num-steps", "64", "--update-epochs", "4",
+             "--num-minibatches", "16", "--learning-rate", "2.5e-4", "--anneal-lr",
+             "--q-lambda", "0.65", "--gamma", "0.99", "--max-grad-norm", "10",
+             "--start-e", "1.0", "--end-e", "0.05", "--exploration-fraction", "0.5")
+
 PEERS = {
     "ppo": Peer(
         label="PPO",
@@ -103,6 +109,24 @@ PEERS = {
                "`fill_buffer` transitions (ours: epsilon-greedy from the start, epsilon near 1), "
                "uses the squared TD error as ours does by default, and has no gradient clipping "
                "here (`max_grad_norm` infinite)."),
+    ),
+    "pqn": Peer(
+        label="PQN",
+        env="CartPole-v1",
+        our_command="python algos/pqn.py --env CartPole-v1 --num-seeds N",
+        our_run=lambda env, num_seeds, total_timesteps, log_dir: common.run_algo(
+            "pqn", env, num_seeds, total_timesteps, flags=PQN_FLAGS, log_dir=log_dir),
+        rejax_algo="pqn",
+        rejax_config=dict(
+            num_envs=32, num_steps=64, num_epochs=4, num_minibatches=16, td_lambda=0.65,
+            learning_rate=2.5e-4, anneal_lr="per_update", max_grad_norm=10.0, eps_start=1.0,
+            eps_end=0.05, exploration_fraction=0.5, gamma=0.99,
+            agent_kwargs={"hidden_layer_sizes": [120, 84]},
+            normalize_observations=False, normalize_rewards=False),
+        notes=("rejax's PQN: LayerNorm and ReLU after each hidden layer as ours, Adam (ours: "
+               "RAdam, as CleanRL's pqn.py), element-wise gradient clipping (`optax.clip`, ours: "
+               "global norm), Flax's default initialisation; no annealing option, so its Adam "
+               "is given the same linear schedule as ours."),
     ),
 }
 

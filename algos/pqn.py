@@ -1,0 +1,782 @@
+"""Parallelised Q-Network (PQN): Q(lambda) without a replay buffer or a target network, for
+discrete actions.
+
+PQN (Gallici et al. 2024, "Simplifying Deep Temporal Difference Learning",
+https://arxiv.org/abs/2407.04811) learns action values Q(s, a) like DQN, but on-policy in the
+manner of PPO: `num_envs` parallel environments act epsilon-greedily (epsilon falling linearly
+from `start_e` to `end_e`) for `num_steps` steps, each environment's trajectory gets Q(lambda)
+targets (lambda-returns that bootstrap from max_a Q of the next state, Watkins / Peng & Williams),
+and `update_epochs` epochs of minibatch gradient steps regress Q(s_t, a_t) onto them, squared
+error. Then the rollout is thrown away. There is no replay buffer and no target network: the
+LayerNorm before every hidden activation keeps the bootstrapped regression stable without one
+(the paper's analysis), and the many parallel environments decorrelate the batch as a buffer
+would. Everything, the environments included, runs inside one jitted `lax.scan`;
+`--num-seeds N` trains N agents at once. The defaults are those of CleanRL's pqn.py with
+PureJaxQL's 32 environments x 64 steps and 16 minibatches (CartPole configuration).
+Implementation details, measured returns and speed: docs/pqn.md.
+
+Usage:
+    python algos/pqn.py --env CartPole-v1
+    python algos/pqn.py --env Breakout-MinAtar --num-seeds 8 --total-timesteps 10000000
+    python algos/pqn.py --load-model runs/<run>/model.eqx --eval-only --capture-video
+    python algos/pqn.py --help
+
+Environments: any gymnax id with a discrete action space (CartPole-v1, Acrobot-v1,
+MountainCar-v0, Catch-bsuite, the MinAtar games, ...), including ids added with
+`gymnax.register`. Observations of rank 1 or 2 go through a 120-84 MLP, rank-3 images through
+a small CNN, with LayerNorm before every hidden ReLU.
+
+From your own code:
+    init, train_chunk, train = make_train(Args(env="CartPole-v1"))
+    state, metrics = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 8))
+"""
+
+import dataclasses
+import gc
+import json
+import math
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+if __name__ == "__main__":
+    # From the command line, each CPU core is a JAX device, so the seed axis spreads over the
+    # cores. This must precede JAX's first operation, which `import gymnax` already runs; a
+    # program that imports this file keeps the devices it set up.
+    os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
+    # The imports create millions of long-lived objects that the garbage collector would scan
+    # again and again, and once more at exit; it is paused here and told to skip them below.
+    gc.disable()
+
+import equinox as eqx
+import gymnax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import rlax
+import tyro
+from tensorboardX import SummaryWriter
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    env: str = "CartPole-v1"
+    """gymnax environment id (discrete actions)"""
+    seed: int = 0
+    """seed of the run; the seeds of its agents are derived from it"""
+    num_seeds: int = 1
+    """number of independent agents trained at once (vmapped, sharded over devices)"""
+    total_timesteps: int = 500_000
+    """environment steps per agent"""
+    num_envs: int = 32
+    """parallel environments per agent"""
+    num_steps: int = 64
+    """steps per environment in each rollout"""
+    learning_rate: float = 2.5e-4
+    """RAdam learning rate"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0 over training"""
+    gamma: float = 0.99
+    """discount factor"""
+    q_lambda: float = 0.65
+    """lambda of the Q(lambda) targets (0: one-step Q-learning targets, 1: Monte Carlo returns
+    up to the rollout's end)"""
+    num_minibatches: int = 16
+    """minibatches per epoch"""
+    update_epochs: int = 4
+    """epochs over each rollout"""
+    max_grad_norm: float = 10.0
+    """global gradient-norm clipping"""
+    start_e: float = 1.0
+    """epsilon of the epsilon-greedy policy at the start"""
+    end_e: float = 0.05
+    """epsilon at the end of exploration and after"""
+    exploration_fraction: float = 0.5
+    """fraction of --total-timesteps over which epsilon falls linearly to --end-e"""
+    num_chunks: int = 10
+    """compiled chunks the run is split into; a progress line and log point after each"""
+    eval_episodes: int = 10
+    """greedy evaluation episodes per agent at the end"""
+    log_dir: str = "runs"
+    """folder that receives the run folder"""
+    track: bool = True
+    """write TensorBoard event files, one subfolder per seed"""
+    save_model: bool = False
+    """save the networks of all seeds to model.eqx in the run folder"""
+    load_model: str | None = None
+    """model.eqx to start from (its args.json must lie beside it)"""
+    eval_only: bool = False
+    """evaluate the loaded model without training"""
+    capture_video: bool = False
+    """after training, render one greedy episode of seed 0 to episode.gif in the run folder
+    (at most 200 frames; classic control renders about 5 frames a second)"""
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def updates_per_chunk(self) -> int:
+        return self.total_timesteps // (self.batch_size * self.num_chunks)
+
+    @property
+    def num_updates(self) -> int:
+        """Updates actually run: total_timesteps rounded down to whole chunks."""
+        return self.updates_per_chunk * self.num_chunks
+
+    @property
+    def exploration_steps(self) -> int:
+        # at least 1: optax.linear_schedule over 0 steps is a Python float, and stays at start_e
+        return max(1, int(self.exploration_fraction * self.total_timesteps))
+
+
+class ConfigError(ValueError):
+    """Bad input that main reports as a one-line message."""
+
+
+def check_args(args: Args) -> None:
+    positive = ["num_seeds", "total_timesteps", "num_envs", "num_steps", "num_minibatches",
+                "update_epochs", "num_chunks", "eval_episodes"]
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.batch_size % args.num_minibatches:
+        raise ConfigError(f"--num-envs x --num-steps ({args.batch_size}) must be divisible by "
+                          f"--num-minibatches ({args.num_minibatches})")
+    if args.updates_per_chunk == 0 and not args.eval_only:
+        raise ConfigError(f"--total-timesteps ({args.total_timesteps}) must be at least --num-envs x "
+                          f"--num-steps x --num-chunks ({args.batch_size * args.num_chunks})")
+    if not args.learning_rate > 0:
+        raise ConfigError(f"--learning-rate must be positive, got {args.learning_rate}")
+    if not 0 <= args.gamma <= 1 or not 0 <= args.q_lambda <= 1:
+        raise ConfigError("--gamma and --q-lambda must lie in [0, 1]")
+    if not args.max_grad_norm > 0:
+        raise ConfigError(f"--max-grad-norm must be positive, got {args.max_grad_norm}")
+    if not (0 <= args.start_e <= 1 and 0 <= args.end_e <= 1):
+        raise ConfigError(f"--start-e ({args.start_e}) and --end-e ({args.end_e}) are "
+                          "probabilities and must lie in [0, 1]")
+    if not 0 < args.exploration_fraction <= 1:
+        raise ConfigError(f"--exploration-fraction must lie in (0, 1], got {args.exploration_fraction}")
+    if args.eval_only and args.load_model is None:
+        raise ConfigError("--eval-only needs --load-model PATH")
+
+
+def make_env(args: Args):
+    if args.env not in gymnax.registered_envs:
+        raise ConfigError(f"unknown environment '{args.env}'. Valid ids: "
+                          + ", ".join(gymnax.registered_envs))
+    env, env_params = gymnax.make(args.env)
+    if not hasattr(env.action_space(env_params), "n"):
+        raise ConfigError(f"{args.env} has a continuous action space; pqn.py handles discrete "
+                          "actions only (continuous actions: algos/sac.py or algos/td3.py)")
+    return env, env_params
+
+
+# ---------------------------------------------------------------------------------------------
+# Network: a torso with LayerNorm and a linear head with one output per action (as CleanRL's
+# pqn.py and PureJaxQL).
+
+
+def orthogonal_linear(key, in_features: int, out_features: int, scale: float) -> eqx.nn.Linear:
+    """A Linear layer with orthogonal weights of gain `scale` and zero biases."""
+    # Shapes only: eval_shape builds the layer without running its default random init.
+    layer = eqx.filter_eval_shape(eqx.nn.Linear, in_features, out_features, key=jax.random.key(0))
+    weight = jax.nn.initializers.orthogonal(scale)(key, (out_features, in_features))
+    return eqx.tree_at(lambda l: (l.weight, l.bias), layer, (weight, jnp.zeros(out_features)))
+
+
+class Torso(eqx.Module):
+    """120-84 MLP on flattened observations (CleanRL's pqn.py); for images [H, W, C] a 3x3
+    convolution with 16 channels and a 128-unit layer (Young & Tian 2019's MinAtar network, as
+    PureJaxQL's MinAtar PQN). Each hidden layer is linear, LayerNorm (learned scale and shift),
+    ReLU: the normalisation is what lets PQN bootstrap without a target network."""
+
+    conv: eqx.nn.Linear | None  # the 3x3 convolution, as a Linear layer on 3x3 patches
+    conv_norm: eqx.nn.LayerNorm | None  # over the 16 channels of each pixel
+    layers: tuple[eqx.nn.Linear, ...]
+    norms: tuple[eqx.nn.LayerNorm, ...]  # one per layer, over its units
+
+    def __init__(self, key, obs_shape: tuple[int, ...]):
+        conv_key, key_0, key_1 = jax.random.split(key, 3)
+        if len(obs_shape) == 3:
+            height, width, channels = obs_shape
+            self.conv = orthogonal_linear(conv_key, 9 * channels, 16, math.sqrt(2))
+            self.conv_norm = eqx.nn.LayerNorm(16)
+            conv_features = 16 * (height - 2) * (width - 2)
+            self.layers = (orthogonal_linear(key_0, conv_features, 128, math.sqrt(2)),)
+        else:
+            self.conv = self.conv_norm = None
+            self.layers = (orthogonal_linear(key_0, math.prod(obs_shape), 120, math.sqrt(2)),
+                           orthogonal_linear(key_1, 120, 84, math.sqrt(2)))
+        self.norms = tuple(eqx.nn.LayerNorm(layer.out_features) for layer in self.layers)
+
+    @property
+    def out_features(self) -> int:
+        return self.layers[-1].out_features
+
+    def __call__(self, obs):
+        if self.conv is None:
+            x = obs.ravel()
+        else:
+            # A 'valid' 3x3 convolution: the Linear layer applied to every pixel's 3x3 patch.
+            # Written as a matmul because XLA's CPU convolution gradient is about 50x slower
+            # inside a loop (measured for ppo.py: 158 ms against 3 ms for 16 minibatches).
+            h, w = obs.shape[0] - 2, obs.shape[1] - 2
+            patches = jnp.concatenate([obs[i:i + h, j:j + w] for i in range(3) for j in range(3)],
+                                      axis=-1)  # [H - 2, W - 2, 9 C]
+            conv = lambda patch: jax.nn.relu(self.conv_norm(self.conv(patch)))
+            x = jax.vmap(jax.vmap(conv))(patches).ravel()
+        for layer, norm in zip(self.layers, self.norms):
+            x = jax.nn.relu(norm(layer(x)))
+        return x
+
+
+class QNetwork(eqx.Module):
+    """Arrays only, so it is a scan carry, a `jax.grad` argument and an `optax.init` target."""
+
+    torso: Torso
+    head: eqx.nn.Linear
+
+    def __init__(self, key, obs_shape: tuple[int, ...], num_actions: int):
+        torso_key, head_key = jax.random.split(key)
+        self.torso = Torso(torso_key, obs_shape)
+        self.head = orthogonal_linear(head_key, self.torso.out_features, num_actions, 1.0)
+
+    def __call__(self, obs):
+        """One observation -> action values Q(obs, .) [A]."""
+        return self.head(self.torso(obs.astype(jnp.float32)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets of one environment's trajectory and loss of one sample; make_train vmaps both.
+
+
+class Transition(NamedTuple):
+    """One environment step of the rollout."""
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    final_obs: jax.Array  # the observation the step reached, before any auto-reset
+
+
+class Sample(NamedTuple):
+    """One transition of the update batch, with its Q(lambda) target."""
+
+    obs: jax.Array
+    action: jax.Array
+    target: jax.Array  # the Q(lambda) return G_t, computed before the update
+
+
+def compute_targets(network: QNetwork, traj: Transition, args: Args) -> Sample:
+    """Q(lambda) targets of one environment's trajectory [T] -> its samples [T]."""
+    # max_a Q of the state each step reached [T]: within an episode the next step's
+    # observation, at an episode's end the one before the auto-reset, and at the last step the
+    # observation the next rollout starts from. One batch, after the rollout.
+    v_t = jax.vmap(network)(traj.final_obs).max(axis=-1)
+    # Bootstrapping stops only at termination. At a time limit, the value of the state the
+    # episode reached is folded into the reward, and the discount of 0 cuts the trace.
+    time_limit = traj.truncated & ~traj.terminated
+    r_t = traj.reward + args.gamma * time_limit * v_t
+    discount_t = args.gamma * (1.0 - (traj.terminated | traj.truncated))
+    # G_t = r_t + discount_t ((1 - lambda) v_t + lambda G_t+1), the last G_t from v_t alone.
+    target = rlax.lambda_returns(r_t, discount_t, v_t, args.q_lambda)
+    return Sample(traj.obs, traj.action, target)
+
+
+def q_loss(network: QNetwork, sample: Sample):
+    """Squared error of Q(obs, action) against the Q(lambda) target -> (loss, metrics)."""
+    q_tm1 = network(sample.obs)
+    loss = rlax.l2_loss(sample.target - q_tm1[sample.action])  # td_error^2 / 2
+    # CleanRL's names: the loss, and the value of the action taken.
+    return loss, {"td_loss": loss, "q_values": q_tm1[sample.action]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: one update = collect a rollout, compute the Q(lambda) targets, run the epochs.
+
+
+class EnvCarry(NamedTuple):
+    """What one environment carries from step to step."""
+
+    env_state: Any  # gymnax state
+    obs: jax.Array
+    episode_return: jax.Array  # return of the running episode so far
+    episode_length: jax.Array
+
+
+class EpisodeEnd(NamedTuple):
+    """Whether a step ended an episode, and that episode's return and length if it did."""
+
+    done: jax.Array
+    episode_return: jax.Array
+    episode_length: jax.Array
+
+
+class TrainState(NamedTuple):
+    network: QNetwork
+    opt_state: Any
+    envs: EnvCarry  # leaves [N, ...], one row per environment
+    env_steps: jax.Array  # environment steps so far, of all environments together
+    key: jax.Array
+
+
+def make_train(args: Args):
+    """Returns pure functions for ONE agent: init(key) -> state, train_chunk(state) ->
+    (state, metrics) running `updates_per_chunk` updates, and train(key) -> (state, metrics)
+    for the whole run. vmap them over keys for several seeds."""
+    check_args(args)
+    env, env_params = make_env(args)
+    obs_shape = env.observation_space(env_params).shape
+    num_actions = env.action_space(env_params).n
+    T, N = args.num_steps, args.num_envs
+    optimizer_steps_per_update = args.update_epochs * args.num_minibatches
+    # Epsilon as a function of the environment steps taken (CleanRL's linear schedule).
+    epsilon_schedule = optax.linear_schedule(args.start_e, args.end_e, args.exploration_steps)
+
+    def learning_rate(count):
+        # Constant within an update, falling linearly from learning_rate to 0 (CleanRL).
+        return args.learning_rate * (1.0 - (count // optimizer_steps_per_update) / args.num_updates)
+
+    # RAdam, as CleanRL's pqn.py and PureJaxQL. inject_hyperparams keeps the rate of the last
+    # step in the optimiser state, where it is logged from. flatten: clipping and RAdam see one
+    # flat vector, a few large operations instead of many small ones per layer.
+    radam = optax.inject_hyperparams(optax.radam,
+                                     static_args=("b1", "b2", "eps", "eps_root", "threshold"))
+    optimizer = optax.flatten(optax.chain(
+        optax.clip_by_global_norm(args.max_grad_norm),
+        radam(learning_rate if args.anneal_lr else args.learning_rate),
+    ))
+
+    def init(key) -> TrainState:
+        network_key, reset_key, key = jax.random.split(key, 3)
+        network = QNetwork(network_key, obs_shape, num_actions)
+        obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, N), env_params)
+        envs = EnvCarry(env_state, obs, jnp.zeros(N), jnp.zeros(N, jnp.int32))
+        return TrainState(network, optimizer.init(network), envs, jnp.int32(0), key)
+
+    def env_step(network: QNetwork, carry: EnvCarry, explore, random_action, key):
+        """One epsilon-greedy step of one environment. `explore` (a coin of probability
+        epsilon) and `random_action` are drawn before the rollout."""
+        action = jnp.where(explore, random_action, jnp.argmax(network(carry.obs)))
+        obs, env_state, reward, terminated, truncated, info = env.step(
+            key, carry.env_state, action, env_params)
+        reward = reward.astype(jnp.float32)
+        done = terminated | truncated
+        episode_return = carry.episode_return + reward
+        episode_length = carry.episode_length + 1
+        transition = Transition(carry.obs, action, reward, terminated, truncated,
+                                info["final_observation"])
+        episode_end = EpisodeEnd(done, episode_return, episode_length)  # counted only where done
+        carry = EnvCarry(env_state, obs, episode_return * ~done, episode_length * ~done)
+        return carry, (transition, episode_end)
+
+    def collect_rollout(network: QNetwork, envs: EnvCarry, env_steps, key):
+        """T epsilon-greedy steps of the N environments -> (envs, transitions [T, N], episode
+        ends [T, N])."""
+        explore_key, action_key, step_key = jax.random.split(key, 3)
+        # Epsilon of each step [T], and the rollout's randomness, drawn before the scan.
+        epsilon = epsilon_schedule(env_steps + N * jnp.arange(T))
+        explore = jax.random.uniform(explore_key, (T, N)) < epsilon[:, None]
+        random_action = jax.random.randint(action_key, (T, N), 0, num_actions)
+        step_keys = jax.random.split(step_key, (T, N))
+        step_all = jax.vmap(env_step, in_axes=(None, 0, 0, 0, 0))
+        return jax.lax.scan(lambda envs, xs: step_all(network, envs, *xs), envs,
+                            (explore, random_action, step_keys))
+
+    def minibatch_step(carry, minibatch: Sample):
+        """One gradient step on the mean loss of a minibatch [B]."""
+        network, opt_state = carry
+
+        def minibatch_loss(network):
+            loss, metrics = jax.vmap(q_loss, in_axes=(None, 0))(network, minibatch)
+            return loss.mean(), metrics
+
+        grads, metrics = jax.grad(minibatch_loss, has_aux=True)(network)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return (optax.apply_updates(network, updates), opt_state), jax.tree.map(jnp.mean, metrics)
+
+    def run_epochs(network: QNetwork, opt_state, batch: Sample, key):
+        """update_epochs passes over the batch [T, N], each in a fresh random order split into
+        num_minibatches minibatches -> (network, opt_state, mean metrics)."""
+
+        def epoch(carry, key):
+            order = jax.random.permutation(key, args.batch_size)
+            indices = order.reshape(args.num_minibatches, args.minibatch_size)
+            minibatches = jax.tree.map(lambda x: x.reshape(T * N, *x.shape[2:])[indices], batch)
+            return jax.lax.scan(minibatch_step, carry, minibatches)  # leaves [M, B / M, ...]
+
+        (network, opt_state), metrics = jax.lax.scan(
+            epoch, (network, opt_state), jax.random.split(key, args.update_epochs))
+        return network, opt_state, jax.tree.map(jnp.mean, metrics)
+
+    def update_step(state: TrainState, _):
+        key, rollout_key, epoch_key = jax.random.split(state.key, 3)
+        envs, (traj, episode_end) = collect_rollout(state.network, state.envs, state.env_steps,
+                                                    rollout_key)
+        batch = jax.vmap(compute_targets, in_axes=(None, 1, None), out_axes=1)(
+            state.network, traj, args)  # [T, N]
+        network, opt_state, metrics = run_epochs(state.network, state.opt_state, batch, epoch_key)
+
+        metrics["learning_rate"] = optax.tree_utils.tree_get(opt_state, "hyperparams")["learning_rate"]
+        metrics["epsilon"] = epsilon_schedule(state.env_steps + N * (T - 1))  # of the last step
+        metrics["episode_count"] = episode_end.done.sum()
+        metrics["episode_return_sum"] = (episode_end.episode_return * episode_end.done).sum()
+        metrics["episode_length_sum"] = (episode_end.episode_length * episode_end.done).sum()
+        return TrainState(network, opt_state, envs, state.env_steps + T * N, key), metrics
+
+    def train_chunk(state: TrainState):
+        state, metrics = jax.lax.scan(update_step, state, length=args.updates_per_chunk)
+        sums = {k: metrics.pop(k).sum() for k in list(metrics) if k.startswith("episode_")}
+        # The rate and epsilon of the chunk's last step.
+        last = {k: metrics.pop(k)[-1] for k in ("learning_rate", "epsilon")}
+        means = {**jax.tree.map(jnp.mean, metrics), **last}
+        # A loss that went non-finite in any update of the chunk stays visible.
+        means["finite"] = jnp.isfinite(metrics["td_loss"]).all()
+        return state, {**means, **sums}
+
+    def train(key):
+        state = init(key)
+        return jax.lax.scan(lambda s, _: train_chunk(s), state, length=args.num_chunks)
+
+    return init, train_chunk, train
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: greedy episodes, and one of them rendered.
+
+
+class EvalCarry(NamedTuple):
+    env_state: Any
+    obs: jax.Array
+    episode_return: jax.Array
+    done: jax.Array
+    key: jax.Array
+
+
+def greedy_step(network: QNetwork, carry: EvalCarry, env, env_params) -> EvalCarry:
+    """One step of one environment with the greedy (argmax) action."""
+    key, step_key = jax.random.split(carry.key)
+    action = jnp.argmax(network(carry.obs))
+    obs, env_state, reward, terminated, truncated, _ = env.step(
+        step_key, carry.env_state, action, env_params)
+    return EvalCarry(env_state, obs, carry.episode_return + reward, terminated | truncated, key)
+
+
+def evaluate(network: QNetwork, key, env, env_params):
+    """The return of one episode of the greedy policy. vmap over keys for several: under
+    vmap, an episode that has ended keeps its carry while the others run on."""
+    reset_key, key = jax.random.split(key)
+    obs, env_state = env.reset(reset_key, env_params)
+    carry = EvalCarry(env_state, obs, jnp.float32(0), jnp.bool_(False), key)
+    return jax.lax.while_loop(lambda carry: ~carry.done,
+                              lambda carry: greedy_step(network, carry, env, env_params),
+                              carry).episode_return
+
+
+VIDEO_MAX_FRAMES = 200  # classic control renders about 5 frames a second
+
+
+def greedy_episode(network: QNetwork, key, env, env_params, num_steps: int):
+    """num_steps greedy steps from a reset, recording what a renderer needs -> (gymnax state
+    before each step [num_steps], return after each step [num_steps], done [num_steps])."""
+    reset_key, key = jax.random.split(key)
+    obs, env_state = env.reset(reset_key, env_params)
+
+    def step(carry: EvalCarry, _):
+        next_carry = greedy_step(network, carry, env, env_params)
+        return next_carry, (carry.env_state, next_carry.episode_return, next_carry.done)
+
+    carry = EvalCarry(env_state, obs, jnp.float32(0), jnp.bool_(False), key)
+    return jax.lax.scan(step, carry, length=num_steps)[1]
+
+
+def capture_video(network: QNetwork, key, env, env_params, path: str) -> str:
+    """Render one greedy episode (at most VIDEO_MAX_FRAMES steps) to a GIF with gymnax's own
+    renderer -> a line saying what was written. Raises ConfigError for an environment that
+    gymnax cannot render."""
+    # pygame (classic control's renderer) would look for a sound card and a screen otherwise.
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    from gymnax.visualize import visualizer  # imports matplotlib: only when asked for
+
+    max_steps = getattr(env_params, "max_steps_in_episode", VIDEO_MAX_FRAMES)
+    num_steps = min(VIDEO_MAX_FRAMES, max_steps)
+    states, returns, done = jax.jit(
+        lambda network, key: greedy_episode(network, key, env, env_params, num_steps))(network, key)
+    done = np.asarray(done)
+    length = int(np.argmax(done)) + 1 if done.any() else num_steps
+    # The renderer wants a list of states; the state after the last step is the next episode's.
+    frames = [jax.tree.map(lambda x: x[t], states) for t in range(length)]
+    animation = visualizer.Visualizer(env, env_params, frames, np.asarray(returns)[:length])
+    animation.init()  # draws nothing, and sets no image, for an environment it cannot render
+    if not hasattr(animation, "im"):
+        visualizer.plt.close(animation.fig)
+        raise ConfigError(f"gymnax has no renderer for {env.name}; no episode.gif written")
+    animation.animate(path)
+    ended = "ended" if done.any() else f"cut at {VIDEO_MAX_FRAMES} frames"
+    return f"wrote {path}: {length} steps, return {float(returns[length - 1]):.1f} ({ended})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: devices, run folder, compilation, host loop over chunks, evaluation, saving.
+
+
+def seed_sharding(num_seeds: int):
+    """Shard the leading (seed) axis over the largest number of devices that divides it."""
+    devices = jax.devices()
+    num_devices = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+    mesh = jax.sharding.Mesh(np.array(devices[:num_devices]), ("seed",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+
+
+def seed_keys(seed: int, num_seeds: int, eval_episodes: int):
+    """The keys of a run, all split from --seed -> (training keys [S], evaluation keys [S, E],
+    the key of the --capture-video episode)."""
+    train_key, eval_key, video_key = jax.random.split(jax.random.key(seed), 3)
+    return (jax.random.split(train_key, num_seeds),
+            jax.random.split(eval_key, (num_seeds, eval_episodes)), video_key)
+
+
+def compile_ahead(lowered: jax.stages.Lowered, runs_once: bool = False) -> jax.stages.Compiled:
+    """Compile a lowered (traced) function with this file's compiler options."""
+    options = {}
+    if jax.default_backend() == "cpu":
+        # One thread per device: RL's small matrices lose more to thread hand-offs than they gain.
+        options["xla_cpu_multi_thread_eigen"] = False
+        # LLVM -O1 runs the training chunk as fast as the default -O3 and compiles it 0.4 s
+        # faster (measured on a 2-core CPU); init and evaluation run once, so -O0.
+        options["xla_backend_optimization_level"] = 0 if runs_once else 1
+    return lowered.compile(options)
+
+
+def compile_training(args: Args, env, env_params, sharding, train_keys, eval_keys):
+    """Compile init, the training chunk and evaluation for all seeds, overlapping the work
+    -> (initial state, compiled chunk, Future of compiled evaluation).
+
+    Tracing holds Python's lock and XLA's compiler uses every core, so: init compiles in a
+    background thread while the main thread traces the chunk, then the chunk compiles alone,
+    and evaluation is traced and compiled in the background while the device trains. Measured
+    on 2 cores, this saves about 0.6 s of an 8.6 s run against compiling one after another;
+    compiling init or evaluation beside the chunk slowed the chunk's compilation by about as
+    much as it saved."""
+    init, train_chunk, _ = make_train(args)
+    init_lowered = jax.jit(jax.vmap(init), out_shardings=sharding).lower(train_keys)
+    state_shape = init_lowered.out_info
+    background = ThreadPoolExecutor(1)
+    init_compiling = background.submit(compile_ahead, init_lowered, runs_once=True)
+    chunk_lowered = jax.jit(jax.vmap(train_chunk), in_shardings=sharding,
+                            out_shardings=sharding).lower(state_shape)
+    state = init_compiling.result()(train_keys)
+    train_chunk_all = compile_ahead(chunk_lowered)
+    evaluate_compiling = background.submit(compile_evaluation, env, env_params, sharding,
+                                           state_shape.network, eval_keys)
+    background.shutdown(wait=False)
+    return state, train_chunk_all, evaluate_compiling
+
+
+def compile_evaluation(env, env_params, sharding, networks, eval_keys) -> jax.stages.Compiled:
+    """Evaluation of all seeds: networks [S], keys [S, E] -> returns [S, E]."""
+    evaluate_all = jax.vmap(jax.vmap(lambda network, key: evaluate(network, key, env, env_params),
+                                     in_axes=(None, 0)))
+    return compile_ahead(jax.jit(evaluate_all, in_shardings=sharding, out_shardings=sharding)
+                         .lower(networks, eval_keys), runs_once=True)
+
+
+def load_networks(path: str):
+    """Rebuild the networks of all seeds from the args.json beside the model file."""
+    args_path = os.path.join(os.path.dirname(path) or ".", "args.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"model file not found: {path}")
+    if not os.path.isfile(args_path):
+        raise ConfigError(f"{args_path} not found; it must lie beside the model file")
+    with open(args_path) as f:
+        saved = Args(**json.load(f))
+    env, env_params = make_env(saved)
+    obs_shape, num_actions = env.observation_space(env_params).shape, env.action_space(env_params).n
+    like = jax.vmap(lambda key: QNetwork(key, obs_shape, num_actions))(
+        jax.random.split(jax.random.key(0), saved.num_seeds))
+    try:
+        return saved, eqx.tree_deserialise_leaves(path, like)
+    except Exception as error:  # a truncated or foreign file
+        raise ConfigError(f"cannot load {path}: it does not match the network that {args_path} "
+                          f"describes ({type(error).__name__}: {error})") from None
+
+
+def resolve_args(args: Args):
+    """Check the flags and load --load-model -> (args, env, env_params, loaded networks or
+    None). With --eval-only the loaded run's own args describe the network."""
+    check_args(args)
+    loaded = None
+    if args.load_model:
+        saved_args, loaded = load_networks(args.load_model)
+        if args.eval_only:
+            args = dataclasses.replace(saved_args, load_model=args.load_model, eval_only=True,
+                                       eval_episodes=args.eval_episodes, seed=args.seed,
+                                       log_dir=args.log_dir, track=args.track,
+                                       capture_video=args.capture_video, save_model=False)
+        elif (saved_args.env, saved_args.num_seeds) != (args.env, args.num_seeds):
+            raise ConfigError(f"{args.load_model} holds {saved_args.num_seeds} seeds of "
+                              f"{saved_args.env}; pass --env {saved_args.env} "
+                              f"--num-seeds {saved_args.num_seeds}")
+    env, env_params = make_env(args)
+    return args, env, env_params, loaded
+
+
+def make_run_dir(args: Args) -> str:
+    run_dir = os.path.join(args.log_dir, f"{args.env}__pqn__{args.seed}__{int(time.time())}")
+    while os.path.exists(run_dir):  # a run of the same env and seed started in the same second
+        run_dir += "_"
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump(dataclasses.asdict(args), f, indent=2)
+    return run_dir
+
+
+LOSS_TAGS = ("td_loss", "q_values")
+
+
+def log_chunk(writers, metrics, step: int, sps: float):
+    """Per-seed TensorBoard scalars of one chunk; returns the mean episodic return of each
+    seed [S], NaN for a seed where no episode ended (it logs no return then)."""
+    count = metrics["episode_count"]
+    mean_return = np.where(count > 0, metrics["episode_return_sum"] / np.maximum(count, 1), np.nan)
+    mean_length = metrics["episode_length_sum"] / np.maximum(count, 1)
+    for seed, writer in enumerate(writers):
+        if count[seed] > 0:
+            writer.add_scalar("charts/episodic_return", mean_return[seed], step)
+            writer.add_scalar("charts/episodic_length", mean_length[seed], step)
+        writer.add_scalar("charts/SPS", sps / len(writers), step)
+        writer.add_scalar("charts/learning_rate", metrics["learning_rate"][seed], step)
+        writer.add_scalar("charts/epsilon", metrics["epsilon"][seed], step)
+        for name in LOSS_TAGS:
+            writer.add_scalar(f"losses/{name}", metrics[name][seed], step)
+    return mean_return
+
+
+class TrainingResult(NamedTuple):
+    state: TrainState  # after the last finite chunk
+    steps: int  # environment steps per seed
+    train_seconds: float  # waiting for chunks, compilation excluded
+    train_returns: list  # per seed, the mean return of the last chunk where episodes ended
+    error: str | None  # why training stopped early (a non-finite loss), if it did
+    interrupted: bool  # stopped by Ctrl-C
+
+
+def train_chunks(args: Args, state: TrainState, train_chunk_all, writers) -> TrainingResult:
+    """The host loop: run the compiled chunks, log and print after each. Stops early at a
+    non-finite loss (keeping the state of the last finite chunk) and, on Ctrl-C, at the end of
+    the running chunk."""
+    steps, train_seconds, error = 0, 0.0, None
+    train_returns = [None] * args.num_seeds
+    steps_per_chunk = args.updates_per_chunk * args.batch_size
+    interrupted = []
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    for _ in range(args.num_chunks):
+        chunk_start = time.perf_counter()
+        new_state, metrics = train_chunk_all(state)
+        metrics = jax.tree.map(np.asarray, metrics)  # waits for the chunk
+        train_seconds += time.perf_counter() - chunk_start
+        if not metrics["finite"].all():
+            seed = int(np.flatnonzero(~metrics["finite"])[0])
+            error = (f"non-finite loss between steps {steps} and {steps + steps_per_chunk} "
+                     f"in seed {seed}")
+            print(f"pqn.py: error: {error}; stopping, keeping the model of the last finite "
+                  "chunk", file=sys.stderr)
+            break
+        state, steps = new_state, steps + steps_per_chunk
+        sps = steps * args.num_seeds / train_seconds
+        mean_return = log_chunk(writers, metrics, steps, sps)
+        train_returns = [r if np.isfinite(r) else old for r, old in zip(mean_return, train_returns)]
+        finished = mean_return[np.isfinite(mean_return)]
+        returns = (f"{finished.mean():8.1f} ± {finished.std():6.1f}" if finished.size
+                   else "   (no episode ended)")
+        print(f"step {steps:>10,} | SPS {sps:>10,.0f} | return {returns}", flush=True)
+        if interrupted:
+            print("interrupted: stopping after this chunk", file=sys.stderr)
+            break
+    signal.signal(signal.SIGINT, previous_handler)
+    return TrainingResult(state, steps, train_seconds, train_returns, error, bool(interrupted))
+
+
+def main(args: Args) -> None:
+    wall_start = time.perf_counter()
+    try:
+        args, env, env_params, loaded = resolve_args(args)
+    except ConfigError as error:
+        sys.exit(f"pqn.py: error: {error}")
+
+    # Set up: run folder, writers, keys, the sharding of the seed axis over the devices.
+    run_dir = make_run_dir(args)
+    writers = [SummaryWriter(os.path.join(run_dir, f"seed_{i}")) for i in range(args.num_seeds)
+               ] if args.track else []
+    sharding = seed_sharding(args.num_seeds)
+    train_keys, eval_keys, video_key = seed_keys(args.seed, args.num_seeds, args.eval_episodes)
+    train_keys, eval_keys = jax.device_put((train_keys, eval_keys), sharding)
+    summary = {"algo": "pqn", "env": args.env, "args": dataclasses.asdict(args), "run_dir": run_dir,
+               "devices": sharding.mesh.size}
+
+    # Compile, and train chunk by chunk.
+    compile_start = time.perf_counter()
+    if args.eval_only:
+        network = jax.device_put(loaded, sharding)
+        evaluate_all = compile_evaluation(env, env_params, sharding, network, eval_keys)
+        compile_seconds = time.perf_counter() - compile_start
+        result = TrainingResult(None, 0, 0.0, [None] * args.num_seeds, None, False)
+    else:
+        state, train_chunk_all, evaluate_compiling = compile_training(
+            args, env, env_params, sharding, train_keys, eval_keys)
+        if loaded is not None:
+            state = state._replace(network=jax.device_put(loaded, sharding))
+        compile_seconds = time.perf_counter() - compile_start
+        result = train_chunks(args, state, train_chunk_all, writers)
+        network = result.state.network
+        wait_start = time.perf_counter()
+        evaluate_all = evaluate_compiling.result()
+        compile_seconds += time.perf_counter() - wait_start
+
+    # Evaluate: greedy episodes of every seed, and with --capture-video one of them rendered.
+    eval_returns = np.asarray(evaluate_all(network, eval_keys)).mean(axis=1)  # [S]
+    if args.capture_video:
+        try:
+            seed_0 = jax.tree.map(lambda x: x[0], network)
+            print(capture_video(seed_0, video_key, env, env_params,
+                                os.path.join(run_dir, "episode.gif")))
+        except ConfigError as error:
+            print(f"pqn.py: --capture-video: {error}", file=sys.stderr)
+
+    # Save: events, model, summary.
+    sps = result.steps * args.num_seeds / result.train_seconds if result.steps else 0.0
+    summary.update(eval_returns=eval_returns.tolist(), train_returns=result.train_returns,
+                   steps=result.steps, sps=sps, compile_seconds=compile_seconds,
+                   interrupted=result.interrupted, wall_seconds=time.perf_counter() - wall_start)
+    if result.error:
+        summary["error"] = result.error
+    for writer, eval_return in zip(writers, eval_returns):
+        writer.add_scalar("eval/episodic_return", eval_return, result.steps)
+        writer.close()
+    if args.save_model:
+        eqx.tree_serialise_leaves(os.path.join(run_dir, "model.eqx"), network)
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"eval return {eval_returns.mean():.1f} ± {eval_returns.std():.1f} "
+          f"({args.eval_episodes} greedy episodes x {args.num_seeds} seeds) | SPS {sps:,.0f} | "
+          f"compile {compile_seconds:.1f} s | wall {summary['wall_seconds']:.1f} s | {run_dir}")
+    sys.exit(1 if result.error else 130 if result.interrupted else 0)
+
+
+if __name__ == "__main__":
+    # Measured on 2 cores: 0.3 s faster imports, 0.6 s faster exit, of an 8 s run.
+    gc.freeze()
+    gc.enable()
+    main(tyro.cli(Args))
