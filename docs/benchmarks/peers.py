@@ -103,7 +103,7 @@ PEERS = {
             num_envs=10, num_epochs=1, buffer_size=10_000, fill_buffer=10_000, batch_size=128,
             learning_rate=2.5e-4, target_update_freq=500, polyak=0.0, eps_start=1.0,
             eps_end=0.05, exploration_fraction=0.5, gamma=0.99, ddqn=False,
-            agent_kwargs={"activation": "relu", "hidden_layer_sizes": [120, 84]},
+            agent_kwargs={"activation": "relu"}, hidden_layer_sizes=[120, 84],
             normalize_observations=False, normalize_rewards=False),
         notes=("rejax's DQN takes uniformly random actions until the buffer holds "
                "`fill_buffer` transitions (ours: epsilon-greedy from the start, epsilon near 1), "
@@ -120,8 +120,7 @@ PEERS = {
         rejax_config=dict(
             num_envs=32, num_steps=64, num_epochs=4, num_minibatches=16, td_lambda=0.65,
             learning_rate=2.5e-4, anneal_lr="per_update", max_grad_norm=10.0, eps_start=1.0,
-            eps_end=0.05, exploration_fraction=0.5, gamma=0.99,
-            agent_kwargs={"hidden_layer_sizes": [120, 84]},
+            eps_end=0.05, exploration_fraction=0.5, gamma=0.99, hidden_layer_sizes=[120, 84],
             normalize_observations=False, normalize_rewards=False),
         notes=("rejax's PQN: LayerNorm and ReLU after each hidden layer as ours, Adam (ours: "
                "RAdam, as CleanRL's pqn.py), element-wise gradient clipping (`optax.clip`, ours: "

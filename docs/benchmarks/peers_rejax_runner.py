@@ -17,6 +17,9 @@ Config extras handled here, not by rejax:
   "anneal_lr": "per_update" replaces learning_rate by the linear schedule of algos/ppo.py and
       PureJaxRL, lr * (1 - (count // (num_epochs * num_minibatches)) / num_updates), for the
       on-policy algorithms (rejax has no annealing option; its optax.adam takes the schedule).
+  "hidden_layer_sizes": rebuilds the agent with these layer sizes after create(), for the
+      algorithms whose create_agent fixes them (DQN and PQN: 64-64, and passing them in
+      agent_kwargs is an error there).
 `--no-eval` replaces rejax's evaluation by a no-op, so that the timed call trains only.
 """
 
@@ -58,6 +61,7 @@ def main() -> None:
     config.setdefault("eval_freq", total)
     config.setdefault("skip_initial_evaluation", True)
     anneal = config.pop("anneal_lr", None)
+    hidden_layer_sizes = config.pop("hidden_layer_sizes", None)
     if anneal == "per_update":
         lr = config["learning_rate"]
         steps_per_update = config["num_envs"] * config["num_steps"]
@@ -73,6 +77,8 @@ def main() -> None:
         raise ValueError(f"unknown anneal_lr {anneal!r}")
 
     algo = rejax.get_algo(cli.algo).create(**config)
+    if hidden_layer_sizes is not None:
+        algo = algo.replace(agent=algo.agent.clone(hidden_layer_sizes=tuple(hidden_layer_sizes)))
     if cli.no_eval:
         algo = algo.replace(eval_callback=lambda algo, ts, rng: ())
 
