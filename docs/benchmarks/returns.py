@@ -29,6 +29,16 @@ EVAL_EPISODES = 50  # greedy episodes per seed: the evaluation mean of each seed
 # about 150k steps).
 GYMNAX_BLINES = "gymnax-blines PPO"
 RL_ZOO = "RL Zoo A2C"
+# Breakout-MinAtar, for the value-based family: a CPU budget of 1M steps and 2 seeds, against
+# ppo.py's own measured return (results/returns.md; no published number at this budget).
+# Young & Tian's MinAtar DQN settings as far as the flags go: batch 32, buffer 100k, target
+# copy every 1000 steps, epsilon to 0.1 over 100k steps, learning from 5000 steps; one
+# gradient step per 4 environment steps (theirs: per step) to fit the budget.
+MINATAR_REPLAY_FLAGS = ("--num-envs", "8", "--train-frequency", "4", "--batch-size", "32",
+                        "--buffer-size", "100000", "--learning-starts", "5000",
+                        "--target-network-frequency", "1000", "--exploration-fraction", "0.1",
+                        "--end-e", "0.1")
+PPO_BREAKOUT = "17.7 (ppo.py, 1.5M steps, 5 seeds)"
 # The value-based family: CleanRL's published returns at 500k steps (its dqn_jax.py, c51_jax.py
 # and pqn.py benchmark reports, as issue 7 quotes them).
 CLEANRL = "CleanRL"
@@ -82,6 +92,8 @@ DQN_SETTINGS = {
                                "0.98", "--learning-starts", "1000",
                                "--target-network-frequency", "600", "--exploration-fraction",
                                "0.05", "--end-e", "0.07")),
+    "Breakout-MinAtar": Setting(1_000_000, 17.7, PPO_BREAKOUT, MINATAR_REPLAY_FLAGS,
+                                num_seeds=2),
 }
 
 # C51: the paper's 51 atoms on the half of CleanRL's [-100, 100] that each environment's
@@ -95,6 +107,8 @@ C51_SETTINGS = {
                           ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0")),
     "MountainCar-v0": Setting(500_000, -174.3, f"-174.3 ({CLEANRL} c51_jax.py, 500k steps)",
                               ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0")),
+    "Breakout-MinAtar": Setting(1_000_000, 17.7, PPO_BREAKOUT, MINATAR_REPLAY_FLAGS + ("--v-min", "-10", "--v-max", "10"),
+                                num_seeds=2),
 }
 
 QR_DQN_SETTINGS = {
@@ -110,6 +124,8 @@ QR_DQN_SETTINGS = {
                                "0.98", "--learning-starts", "1000",
                                "--target-network-frequency", "600", "--exploration-fraction",
                                "0.05", "--end-e", "0.07")),
+    "Breakout-MinAtar": Setting(1_000_000, 17.7, PPO_BREAKOUT, MINATAR_REPLAY_FLAGS,
+                                num_seeds=2),
 }
 
 # PQN: the defaults reach 500 on CartPole-v1; on Acrobot-v1 they gave -140 (one seed of 8 at
@@ -121,6 +137,7 @@ PQN_SETTINGS = {
                           ("--learning-rate", "1e-3")),
     "MountainCar-v0": Setting(500_000, -200.0, f"-200 ({CLEANRL} pqn.py, 500k steps)",
                               ("--q-lambda", "0.95", "--learning-rate", "4e-3")),
+    "Breakout-MinAtar": Setting(1_000_000, 17.7, PPO_BREAKOUT, num_seeds=2),
 }
 
 SETTINGS = {"ppo": PPO_SETTINGS, "a2c": A2C_SETTINGS, "dqn": DQN_SETTINGS, "c51": C51_SETTINGS,
