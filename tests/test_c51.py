@@ -208,10 +208,12 @@ def test_loss_is_the_cross_entropy_to_the_projected_target(c51, double_q):
 
 
 def test_double_q_changes_training(c51):
-    states, _ = train_chunks(c51, 1)
-    double, _ = train_chunks(c51, 1, double_q=True)
-    assert not all(np.array_equal(a, b) for a, b in zip(leaves(states[1].network),
-                                                         leaves(double[1].network)))
+    """Over 48 gradient steps at a large learning rate the online and target networks come to
+    disagree on some next state's greedy action, and then the targets differ."""
+    states, _ = train_chunks(c51, 3, learning_rate=1e-2)
+    double, _ = train_chunks(c51, 3, learning_rate=1e-2, double_q=True)
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(states[3].network),
+                                                         leaves(double[3].network)))
 
 
 # ---------------------------------------------------------------------------------------------
