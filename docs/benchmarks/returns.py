@@ -107,7 +107,8 @@ C51_SETTINGS = {
                           ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0")),
     "MountainCar-v0": Setting(500_000, -174.3, f"-174.3 ({CLEANRL} c51_jax.py, 500k steps)",
                               ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0")),
-    "Breakout-MinAtar": Setting(1_000_000, 17.7, PPO_BREAKOUT, MINATAR_REPLAY_FLAGS + ("--v-min", "-10", "--v-max", "10"),
+    "Breakout-MinAtar": Setting(1_000_000, 17.7, PPO_BREAKOUT,
+                                MINATAR_REPLAY_FLAGS + ("--v-min", "-10", "--v-max", "10"),
                                 num_seeds=2),
 }
 
