@@ -674,19 +674,24 @@ print(dict(os.environ) == before, "JAX_NUM_CPU_DEVICES" in os.environ,
         assert run.summary["train_returns"][0] == pytest.approx(returns[max(returns)])
 
     def test_seeds_shard_over_two_host_devices(self):
-        fields = {**SMALL, **self.algo.fast, "total_timesteps": 32}
-        result = run_python(f"""
+        """Training as main does, on 2 host devices: 4 seeds split 2 and 2, 3
+        seeds (which 2 devices do not divide) stay on one device. The 4 seeds are also the
+        regression test of a deadlock: jax/jaxlib 0.10.0-0.11.0 hang on a CPU when batched QR
+        (orthogonal init under vmap) runs on parallel devices, hence the time limit. (Checked:
+        with jax 0.10.2 on a 2-core CPU, 4 seeds trained so hit the time limit; with 0.9.2 they
+        take seconds.)"""
+        fields = {**SMALL, **self.algo.fast, "num_chunks": 2}
+        code = f"""
 import json
 import jax, numpy as np
 module = load_algo({self.algo.name!r})
-assert len(jax.devices()) == 2, jax.devices()
-init, train_chunk, _ = module.make_train(module.Args(**{fields!r}))
+assert len(jax.devices()) == 2, jax.devices()  # the seeds really run on parallel devices
+_, _, train = module.make_train(module.Args(**{fields!r}))
 report = {{}}
-for num_seeds in (2, 3, 4):
+for num_seeds in (4, 3):
     sharding = module.seed_sharding(num_seeds)
     keys = jax.device_put(jax.random.split(jax.random.key(0), num_seeds), sharding)
-    state = jax.jit(jax.vmap(init), out_shardings=sharding)(keys)
-    state, metrics = jax.jit(jax.vmap(train_chunk), out_shardings=sharding)(state)
+    state, metrics = jax.jit(jax.vmap(train), out_shardings=sharding)(keys)
     net = jax.tree.leaves(state.network)
     report[num_seeds] = dict(
         mesh=int(sharding.mesh.devices.size),
@@ -695,37 +700,17 @@ for num_seeds in (2, 3, 4):
         finite=bool(np.asarray(metrics["finite"]).all()
                     and all(np.isfinite(np.asarray(leaf)).all() for leaf in net)))
 print(json.dumps(report))
-""", XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-        assert result.returncode == 0, describe(result)
-        report = json.loads(result.stdout.splitlines()[-1])
-        assert report["2"] == dict(mesh=2, devices=[2], shard_rows=[1], finite=True)
-        # 2 devices do not divide 3 seeds: one device holds them all
-        assert report["3"] == dict(mesh=1, devices=[1], shard_rows=[3], finite=True)
-        assert report["4"] == dict(mesh=2, devices=[2], shard_rows=[2], finite=True)
-
-    def test_vmapped_orthogonal_init_does_not_deadlock(self):
-        """jax/jaxlib 0.10.0-0.11.0 hang on a CPU when batched QR (orthogonal init under vmap)
-        runs on parallel devices; this trains 4 seeds as main does, under a time limit.
-        (Checked: with jax 0.10.2 on a 2-core CPU this test fails at the time limit; with 0.9.2
-        it takes seconds.)"""
-        fields = {**SMALL, **self.algo.fast, "num_chunks": 2}
-        code = f"""
-import jax, numpy as np
-module = load_algo({self.algo.name!r})
-assert len(jax.devices()) == 2, jax.devices()  # the seeds really run on parallel devices
-_, _, train = module.make_train(module.Args(**{fields!r}))
-sharding = module.seed_sharding(4)
-keys = jax.device_put(jax.random.split(jax.random.key(0), 4), sharding)
-state, metrics = jax.jit(jax.vmap(train), out_shardings=sharding)(keys)
-print("finite", bool(np.asarray(metrics["finite"]).all()))
 """
         try:
-            result = run_python(code, timeout=180, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
+            result = run_python(code, timeout=180, JAX_PLATFORMS="cpu",
+                                XLA_FLAGS="--xla_force_host_platform_device_count=2")
         except subprocess.TimeoutExpired:
-            pytest.fail("4 vmapped seeds with orthogonal init did not finish in 180 s: the jax "
-                        "CPU deadlock of batched linear algebra (see requirements.txt)")
+            pytest.fail("4 vmapped seeds on 2 devices did not finish in 180 s: the jax CPU "
+                        "deadlock of batched linear algebra (see requirements.txt)")
         assert result.returncode == 0, describe(result)
-        assert result.stdout.split()[-2:] == ["finite", "True"]
+        report = json.loads(result.stdout.splitlines()[-1])
+        assert report["4"] == dict(mesh=2, devices=[2], shard_rows=[2], finite=True)
+        assert report["3"] == dict(mesh=1, devices=[1], shard_rows=[3], finite=True)
 
     def test_no_key_is_reused(self, module):
         args = small_args(module, self.algo, eval_episodes=2)
@@ -742,3 +727,116 @@ print("finite", bool(np.asarray(metrics["finite"]).all()))
         finally:
             jax.config.update("jax_debug_key_reuse", previous)
         assert bool(metrics["finite"]) and np.isfinite(np.asarray(returns)).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The replay buffer of dqn.py, c51.py and qr_dqn.py: the same buffer written in each file.
+
+# Their own bad inputs, beside the shared ones (Algo.bad_inputs adds them).
+REPLAY_BAD_INPUTS = (
+    (["--buffer-size", 100, "--batch-size", 128], ["--buffer-size", "--batch-size"]),
+    # 10 environments: 105 transitions round down to 100
+    (["--buffer-size", 105, "--batch-size", 101], ["--buffer-size", "--num-envs", "101"]),
+    (["--learning-starts", 500_000], ["--learning-starts", "--total-timesteps"]),
+    (["--learning-starts", -1], ["--learning-starts"]),
+    (["--train-frequency", 3], ["--train-frequency", "--num-envs", "multiple"]),
+    (["--batch-size", 0], ["--batch-size", "positive"]),
+    (["--start-e", 1.5], ["--start-e", "[0, 1]"]),
+    (["--end-e", -0.1], ["--end-e", "[0, 1]"]),
+    (["--exploration-fraction", 0], ["--exploration-fraction"]),
+    (["--tau", 0], ["--tau"]),
+)
+
+
+def train_chunks(module, algo: Algo, chunks: int, **fields):
+    """init, then `chunks` chunks of a small configuration, one seed -> (the states: the
+    initial one and one after each chunk, the metrics of each chunk)."""
+    init, train_chunk, _ = module.make_train(small_args(module, algo, **fields))
+    state = jax.jit(init)(jax.random.key(0))
+    chunk = jax.jit(train_chunk)
+    states, history = [state], []
+    for _ in range(chunks):
+        state, metrics = chunk(state)
+        states.append(state)
+        history.append(jax.tree.map(np.asarray, metrics))
+    return states, history
+
+
+class ReplayBufferTests:
+    """Mixed into the contract class of a file with the replay buffer (per-environment rows
+    [N, C] in a NamedTuple, buffer_add for one step of every environment, uniform sampling)
+    and --learning-starts. Its Algo.fast must set learning_starts=0 and 2 x 16 steps per update
+    with train_frequency 4, as dqn.py's does."""
+
+    algo: Algo
+
+    @staticmethod
+    def one_transition(module, value: float, num_envs: int):
+        """A step of num_envs environments whose fields all hold `value` + the environment
+        index (observations of 2 entries)."""
+        fill = value + jnp.arange(num_envs, dtype=jnp.float32)
+        return module.Transition(obs=jnp.stack([fill, fill], axis=1), action=fill.astype(jnp.int32),
+                                 reward=fill, terminated=fill,
+                                 next_obs=jnp.stack([fill, -fill], axis=1))
+
+    def test_buffer_wraps_around_and_overwrites_the_oldest_rows(self, module):
+        num_envs, rows = 3, 5
+        like = jax.tree.map(lambda x: x[0], self.one_transition(module, 0.0, num_envs))
+        buffer = module.buffer_init(like, num_envs, rows)
+        add = jax.jit(module.buffer_add)
+        for step in range(7):  # steps 1..7 hold values 100, 200, ..., 700
+            buffer = add(buffer, self.one_transition(module, 100.0 * (step + 1), num_envs))
+            assert int(buffer.size) == min(step + 1, rows)
+            assert int(buffer.position) == (step + 1) % rows
+        # rows 0 and 1 were overwritten by steps 6 and 7; rows 2-4 hold steps 3-5
+        expected = np.array([600, 700, 300, 400, 500], np.float32)
+        stored = buffer.transitions
+        for env in range(num_envs):
+            np.testing.assert_array_equal(stored.reward[env], expected + env)
+            np.testing.assert_array_equal(stored.terminated[env], expected + env)
+            np.testing.assert_array_equal(stored.action[env], (expected + env).astype(int))
+            np.testing.assert_array_equal(stored.obs[env], np.stack([expected + env] * 2, 1))
+            np.testing.assert_array_equal(stored.next_obs[env, :, 1], -(expected + env))
+
+    def test_sampling_stays_inside_the_filled_part(self, module):
+        """Before the buffer wraps, only written rows come back, every one of them in time; the
+        empty rows (zeros) never do. After it wraps, every slot can, and no overwritten value."""
+        num_envs, rows, batch = 2, 50, 64
+        like = jax.tree.map(lambda x: x[0], self.one_transition(module, 0.0, num_envs))
+        buffer = module.buffer_init(like, num_envs, rows)
+        add = jax.jit(module.buffer_add)
+        indices = jax.jit(module.buffer_sample_indices, static_argnums=2)
+        sample = jax.jit(module.buffer_sample, static_argnums=2)
+        for step in range(3):
+            buffer = add(buffer, self.one_transition(module, 10.0 * (step + 1), num_envs))
+        keys = jax.random.split(jax.random.key(0), 100)
+        env, row = jax.vmap(lambda key: indices(buffer, key, batch))(keys)
+        assert set(np.asarray(row).ravel()) == {0, 1, 2}
+        assert set(np.asarray(env).ravel()) == {0, 1}
+        rewards = np.asarray(jax.vmap(lambda key: sample(buffer, key, batch))(keys).reward)
+        assert set(rewards.ravel()) == {10, 11, 20, 21, 30, 31}  # never an empty row's 0
+
+        for step in range(3, 60):  # steps 51..60 overwrite rows 0..9
+            buffer = add(buffer, self.one_transition(module, 10.0 * (step + 1), num_envs))
+        env, row = jax.vmap(lambda key: indices(buffer, key, batch))(keys)
+        assert set(np.asarray(row).ravel()) == set(range(rows))
+        rewards = np.asarray(jax.vmap(lambda key: sample(buffer, key, batch))(keys).reward)
+        written = {10.0 * (step + 1) + env for step in range(10, 60) for env in range(num_envs)}
+        assert set(rewards.ravel()) == written  # all 100 slots, none of the overwritten values
+
+    def test_no_gradient_step_before_learning_starts(self, module):
+        """Chunks of 32 steps, learning from step 96: the network is untouched for the first two
+        chunks, which log no loss (NaN), and the third chunk takes one update of gradient steps."""
+        loss_tag = self.algo.loss_tags[0]
+        states, history = train_chunks(module, self.algo, 4, learning_starts=96,
+                                       total_timesteps=128, num_chunks=4)
+        initial = leaves(states[0].network)
+        for chunk in (1, 2):
+            assert all(np.array_equal(a, b) for a, b in zip(initial, leaves(states[chunk].network)))
+            assert int(states[chunk].learner.gradient_steps) == 0
+            assert np.isnan(history[chunk - 1][loss_tag]) and history[chunk - 1]["finite"]
+        assert not all(np.array_equal(a, b) for a, b in zip(initial, leaves(states[3].network)))
+        # the update that reached step 96 and the one after: 8 gradient steps each
+        assert int(states[3].learner.gradient_steps) == 8
+        assert int(states[4].learner.gradient_steps) == 16
+        assert np.isfinite(history[2][loss_tag]) and history[2]["q_values"] != 0

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from algo_files import load_algo
-from contract import Algo, ContractTests, leaves, small_args
+from contract import (REPLAY_BAD_INPUTS, Algo, ContractTests, ReplayBufferTests, leaves,
+                      small_args, train_chunks)
 
 
 def expected_q_head(network, obs):
@@ -36,17 +37,7 @@ C51 = Algo(
         (["--n-atoms", 1], ["--n-atoms", "at least 2"]),
         (["--v-min", 10, "--v-max", 10], ["--v-min", "--v-max"]),
         (["--v-min", 5, "--v-max", -5], ["--v-min", "--v-max"]),
-        (["--buffer-size", 100, "--batch-size", 128], ["--buffer-size", "--batch-size"]),
-        # 10 environments: 105 transitions round down to 100
-        (["--buffer-size", 105, "--batch-size", 101], ["--buffer-size", "--num-envs", "101"]),
-        (["--learning-starts", 500_000], ["--learning-starts", "--total-timesteps"]),
-        (["--learning-starts", -1], ["--learning-starts"]),
-        (["--train-frequency", 3], ["--train-frequency", "--num-envs", "multiple"]),
-        (["--batch-size", 0], ["--batch-size", "positive"]),
-        (["--start-e", 1.5], ["--start-e", "[0, 1]"]),
-        (["--end-e", -0.1], ["--end-e", "[0, 1]"]),
-        (["--exploration-fraction", 0], ["--exploration-fraction"]),
-        (["--tau", 0], ["--tau"]),
+        *REPLAY_BAD_INPUTS,
     ),
     continuous_file="sac.py",
     loss_tags=("loss", "q_values"),
@@ -66,7 +57,7 @@ C51 = Algo(
 )
 
 
-class TestContract(ContractTests):
+class TestContract(ReplayBufferTests, ContractTests):
     algo = C51
 
 
@@ -210,94 +201,14 @@ def test_loss_is_the_cross_entropy_to_the_projected_target(c51, double_q):
 def test_double_q_changes_training(c51):
     """Over 48 gradient steps at a large learning rate the online and target networks come to
     disagree on some next state's greedy action, and then the targets differ."""
-    states, _ = train_chunks(c51, 3, learning_rate=1e-2)
-    double, _ = train_chunks(c51, 3, learning_rate=1e-2, double_q=True)
+    states, _ = train_chunks(c51, C51, 3, learning_rate=1e-2)
+    double, _ = train_chunks(c51, C51, 3, learning_rate=1e-2, double_q=True)
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(states[3].network),
                                                          leaves(double[3].network)))
 
 
 # ---------------------------------------------------------------------------------------------
-# The replay buffer.
-
-
-def one_transition(c51, value: float, num_envs: int):
-    """A step of num_envs environments whose fields all hold `value` + the environment index."""
-    fill = value + jnp.arange(num_envs, dtype=jnp.float32)
-    return c51.Transition(obs=jnp.stack([fill, fill], axis=1), action=fill.astype(jnp.int32),
-                          reward=fill, terminated=fill, next_obs=jnp.stack([fill, fill], axis=1))
-
-
-def test_buffer_wraps_around_and_overwrites_the_oldest_rows(c51):
-    num_envs, rows = 3, 5
-    like = jax.tree.map(lambda x: x[0], one_transition(c51, 0.0, num_envs))
-    buffer = c51.buffer_init(like, num_envs, rows)
-    add = jax.jit(c51.buffer_add)
-    for step in range(7):  # steps 1..7 hold values 100, 200, ..., 700
-        buffer = add(buffer, one_transition(c51, 100.0 * (step + 1), num_envs))
-        assert int(buffer.size) == min(step + 1, rows)
-        assert int(buffer.position) == (step + 1) % rows
-    # rows 0 and 1 were overwritten by steps 6 and 7; rows 2-4 hold steps 3-5
-    expected = np.array([600, 700, 300, 400, 500], np.float32)
-    for env in range(num_envs):
-        np.testing.assert_array_equal(buffer.transitions.reward[env], expected + env)
-        np.testing.assert_array_equal(buffer.transitions.next_obs[env, :, 1], expected + env)
-        np.testing.assert_array_equal(buffer.transitions.action[env], (expected + env).astype(int))
-
-
-def test_sampling_stays_inside_the_filled_part(c51):
-    """Before the buffer wraps, only written rows come back, every one of them in time; the
-    empty rows (zeros) never do. After it wraps, every row can."""
-    num_envs, rows, batch = 2, 50, 64
-    like = jax.tree.map(lambda x: x[0], one_transition(c51, 0.0, num_envs))
-    buffer = c51.buffer_init(like, num_envs, rows)
-    add = jax.jit(c51.buffer_add)
-    indices = jax.jit(c51.buffer_sample_indices, static_argnums=2)
-    sample = jax.jit(c51.buffer_sample, static_argnums=2)
-    for step in range(3):
-        buffer = add(buffer, one_transition(c51, 10.0 * (step + 1), num_envs))
-    keys = jax.random.split(jax.random.key(0), 100)
-    env, row = jax.vmap(lambda key: indices(buffer, key, batch))(keys)
-    assert set(np.asarray(row).ravel()) == {0, 1, 2}
-    assert set(np.asarray(env).ravel()) == {0, 1}
-    rewards = np.asarray(jax.vmap(lambda key: sample(buffer, key, batch))(keys).reward)
-    assert set(rewards.ravel()) == {10, 11, 20, 21, 30, 31}  # never an empty row's 0
-
-    for step in range(3, 60):
-        buffer = add(buffer, one_transition(c51, 10.0 * (step + 1), num_envs))
-    env, row = jax.vmap(lambda key: indices(buffer, key, batch))(keys)
-    assert set(np.asarray(row).ravel()) == set(range(rows))
-
-
-# ---------------------------------------------------------------------------------------------
-# Training: --learning-starts, loading a model of another support.
-
-
-def train_chunks(c51, chunks: int, **fields):
-    """init, then `chunks` chunks of a small configuration -> (states after each, metrics)."""
-    init, train_chunk, _ = c51.make_train(small_args(c51, C51, **fields))
-    state = jax.jit(init)(jax.random.key(0))
-    chunk = jax.jit(train_chunk)
-    states, history = [state], []
-    for _ in range(chunks):
-        state, metrics = chunk(state)
-        states.append(state)
-        history.append(jax.tree.map(np.asarray, metrics))
-    return states, history
-
-
-def test_no_gradient_step_before_learning_starts(c51):
-    """Chunks of 32 steps, learning from step 96: the network is untouched for the first two
-    chunks, which log no loss (NaN), and the third chunk takes one update of gradient steps."""
-    states, history = train_chunks(c51, 4, learning_starts=96, total_timesteps=128, num_chunks=4)
-    initial = leaves(states[0].network)
-    for chunk in (1, 2):
-        assert all(np.array_equal(a, b) for a, b in zip(initial, leaves(states[chunk].network)))
-        assert int(states[chunk].learner.gradient_steps) == 0
-        assert np.isnan(history[chunk - 1]["loss"]) and history[chunk - 1]["finite"]
-    assert not all(np.array_equal(a, b) for a, b in zip(initial, leaves(states[3].network)))
-    assert int(states[3].learner.gradient_steps) == 8
-    # a cross-entropy on 51 atoms: near log(51) for near-uniform initial distributions
-    assert 0 < history[2]["loss"] < 2 * np.log(51) and history[2]["q_values"] != 0
+# Loading a model of another support.
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from algo_files import load_algo
-from contract import Algo, ContractTests, leaves, q_network_head, run_small, small_args
+from contract import (REPLAY_BAD_INPUTS, Algo, ContractTests, ReplayBufferTests, leaves,
+                      q_network_head, run_small, small_args, train_chunks)
 
 DQN = Algo(
     name="dqn",
@@ -20,17 +21,7 @@ DQN = Algo(
                 "--exploration-fraction", "--double-q", "--huber-delta"),
     help_text="environment steps before the first gradient step",
     bad_inputs=(
-        (["--buffer-size", 100, "--batch-size", 128], ["--buffer-size", "--batch-size"]),
-        # 10 environments: 105 transitions round down to 100
-        (["--buffer-size", 105, "--batch-size", 101], ["--buffer-size", "--num-envs", "101"]),
-        (["--learning-starts", 500_000], ["--learning-starts", "--total-timesteps"]),
-        (["--learning-starts", -1], ["--learning-starts"]),
-        (["--train-frequency", 3], ["--train-frequency", "--num-envs", "multiple"]),
-        (["--batch-size", 0], ["--batch-size", "positive"]),
-        (["--start-e", 1.5], ["--start-e", "[0, 1]"]),
-        (["--end-e", -0.1], ["--end-e", "[0, 1]"]),
-        (["--exploration-fraction", 0], ["--exploration-fraction"]),
-        (["--tau", 0], ["--tau"]),
+        *REPLAY_BAD_INPUTS,
         (["--huber-delta", 0], ["--huber-delta"]),
     ),
     continuous_file="sac.py",
@@ -47,7 +38,7 @@ DQN = Algo(
 )
 
 
-class TestContract(ContractTests):
+class TestContract(ReplayBufferTests, ContractTests):
     algo = DQN
 
 
@@ -57,94 +48,13 @@ def dqn():
 
 
 # ---------------------------------------------------------------------------------------------
-# The replay buffer.
-
-
-def one_transition(dqn, value: float, num_envs: int):
-    """A step of num_envs environments whose fields all hold `value` + the environment index."""
-    fill = value + jnp.arange(num_envs, dtype=jnp.float32)
-    return dqn.Transition(obs=jnp.stack([fill, fill], axis=1), action=fill.astype(jnp.int32),
-                          reward=fill, terminated=fill, next_obs=jnp.stack([fill, fill], axis=1))
-
-
-def test_buffer_wraps_around_and_overwrites_the_oldest_rows(dqn):
-    num_envs, rows = 3, 5
-    like = jax.tree.map(lambda x: x[0], one_transition(dqn, 0.0, num_envs))
-    buffer = dqn.buffer_init(like, num_envs, rows)
-    add = jax.jit(dqn.buffer_add)
-    for step in range(7):  # steps 1..7 hold values 100, 200, ..., 700
-        buffer = add(buffer, one_transition(dqn, 100.0 * (step + 1), num_envs))
-        assert int(buffer.size) == min(step + 1, rows)
-        assert int(buffer.position) == (step + 1) % rows
-    # rows 0 and 1 were overwritten by steps 6 and 7; rows 2-4 hold steps 3-5
-    expected = np.array([600, 700, 300, 400, 500], np.float32)
-    for env in range(num_envs):
-        np.testing.assert_array_equal(buffer.transitions.reward[env], expected + env)
-        np.testing.assert_array_equal(buffer.transitions.obs[env, :, 1], expected + env)
-        np.testing.assert_array_equal(buffer.transitions.action[env], (expected + env).astype(int))
-
-
-def test_sampling_stays_inside_the_filled_part(dqn):
-    """Before the buffer wraps, only written rows come back, every one of them in time; the
-    empty rows (zeros) never do. After it wraps, every row can."""
-    num_envs, rows, batch = 2, 50, 64
-    like = jax.tree.map(lambda x: x[0], one_transition(dqn, 0.0, num_envs))
-    buffer = dqn.buffer_init(like, num_envs, rows)
-    add = jax.jit(dqn.buffer_add)
-    indices = jax.jit(dqn.buffer_sample_indices, static_argnums=2)
-    sample = jax.jit(dqn.buffer_sample, static_argnums=2)
-    for step in range(3):
-        buffer = add(buffer, one_transition(dqn, 10.0 * (step + 1), num_envs))
-    keys = jax.random.split(jax.random.key(0), 100)
-    env, row = jax.vmap(lambda key: indices(buffer, key, batch))(keys)
-    assert set(np.asarray(row).ravel()) == {0, 1, 2}
-    assert set(np.asarray(env).ravel()) == {0, 1}
-    rewards = np.asarray(jax.vmap(lambda key: sample(buffer, key, batch))(keys).reward)
-    assert set(rewards.ravel()) == {10, 11, 20, 21, 30, 31}  # never an empty row's 0
-
-    for step in range(3, 60):
-        buffer = add(buffer, one_transition(dqn, 10.0 * (step + 1), num_envs))
-    env, row = jax.vmap(lambda key: indices(buffer, key, batch))(keys)
-    assert set(np.asarray(row).ravel()) == set(range(rows))
-
-
-# ---------------------------------------------------------------------------------------------
-# --learning-starts, epsilon, the target network.
-
-
-def train_chunks(dqn, chunks: int, **fields):
-    """init, then `chunks` chunks of a small configuration -> (states after each, metrics)."""
-    init, train_chunk, _ = dqn.make_train(small_args(dqn, DQN, **fields))
-    state = jax.jit(init)(jax.random.key(0))
-    chunk = jax.jit(train_chunk)
-    states, history = [state], []
-    for _ in range(chunks):
-        state, metrics = chunk(state)
-        states.append(state)
-        history.append(jax.tree.map(np.asarray, metrics))
-    return states, history
-
-
-def test_no_gradient_step_before_learning_starts(dqn):
-    """Chunks of 32 steps, learning from step 96: the network is untouched for the first two
-    chunks, which log no loss (NaN), and the third chunk takes one update of gradient steps."""
-    states, history = train_chunks(dqn, 4, learning_starts=96, total_timesteps=128, num_chunks=4)
-    initial = leaves(states[0].network)
-    for chunk in (1, 2):
-        assert all(np.array_equal(a, b) for a, b in zip(initial, leaves(states[chunk].network)))
-        assert int(states[chunk].learner.gradient_steps) == 0
-        assert np.isnan(history[chunk - 1]["td_loss"]) and history[chunk - 1]["finite"]
-    assert not all(np.array_equal(a, b) for a, b in zip(initial, leaves(states[3].network)))
-    # the update that reached step 96 and the one after: 8 gradient steps each
-    assert int(states[3].learner.gradient_steps) == 8
-    assert int(states[4].learner.gradient_steps) == 16
-    assert np.isfinite(history[2]["td_loss"]) and history[2]["q_values"] != 0
+# Epsilon, the target network.
 
 
 def test_epsilon_falls_linearly_then_stays(dqn):
     """start_e 1 to end_e 0.1 over half of 320 steps; chunks of 32 steps report the epsilon of
     their last step."""
-    _, history = train_chunks(dqn, 10, total_timesteps=320, num_chunks=10, start_e=1.0,
+    _, history = train_chunks(dqn, DQN, 10, total_timesteps=320, num_chunks=10, start_e=1.0,
                               end_e=0.1, exploration_fraction=0.5)
     last_steps = 32 * np.arange(1, 11) - 2  # 2 environments: the last step starts at 30, 62, ...
     expected = np.maximum(1.0 - 0.9 * last_steps / 160, 0.1)
@@ -159,11 +69,11 @@ def test_epsilon_one_acts_at_random_and_zero_greedily(dqn):
 
     results = {}
     for epsilon in (0.0, 1.0):
-        _, history = train_chunks(dqn, 1, env=RANDOM_LENGTH, learning_rate=1e-30,
+        _, history = train_chunks(dqn, DQN, 1, env=RANDOM_LENGTH, learning_rate=1e-30,
                                   total_timesteps=512, start_e=epsilon, end_e=epsilon)
         count = history[0]["episode_count"]
         results[epsilon] = history[0]["episode_return_sum"] / count
-    network = train_chunks(dqn, 0, env=RANDOM_LENGTH)[0][0].network
+    network = train_chunks(dqn, DQN, 0, env=RANDOM_LENGTH)[0][0].network
     greedy = int(np.argmax(network(jnp.ones(2))))
     valid = greedy_returns(greedy, max_length=8)
     mean_greedy_return = np.mean(list(valid))  # L is uniform on 1..8
@@ -178,7 +88,7 @@ def test_target_network_follows_every_target_period(dqn, tau):
     """Each chunk of one update takes 8 gradient steps (32 steps / train_frequency 4); with
     target_network_frequency 32 the target moves every 8 gradient steps, i.e. at the last step
     of each chunk: to the online network (tau 1), or halfway to it (tau 0.5)."""
-    states, _ = train_chunks(dqn, 3, total_timesteps=32, target_network_frequency=32, tau=tau)
+    states, _ = train_chunks(dqn, DQN, 3, total_timesteps=32, target_network_frequency=32, tau=tau)
     assert all(np.array_equal(a, b) for a, b in zip(leaves(states[0].network),
                                                      leaves(states[0].learner.target_network)))
     for state in states[1:]:
@@ -228,7 +138,7 @@ def test_loss_is_the_td_error_of_q_learning(dqn, double_q):
 def test_double_q_changes_training(dqn):
     """Over 48 gradient steps at a large learning rate the online and target networks come to
     disagree on some next state's greedy action, and then the targets differ."""
-    states, _ = train_chunks(dqn, 3, learning_rate=1e-2)
-    double, _ = train_chunks(dqn, 3, learning_rate=1e-2, double_q=True)
+    states, _ = train_chunks(dqn, DQN, 3, learning_rate=1e-2)
+    double, _ = train_chunks(dqn, DQN, 3, learning_rate=1e-2, double_q=True)
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(states[3].network),
                                                          leaves(double[3].network)))

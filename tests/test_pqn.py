@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from algo_files import load_algo
-from contract import Algo, ContractTests, leaves, q_network_head, run_small
+from contract import Algo, ContractTests, leaves, q_network_head, run_small, train_chunks
 
 PQN = Algo(
     name="pqn",
@@ -169,25 +169,10 @@ def test_loss_is_half_the_squared_error_of_the_action_taken(pqn):
 # Epsilon.
 
 
-def train_chunks(pqn, chunks: int, **fields):
-    """init, then `chunks` chunks of a small configuration -> (states after each, metrics)."""
-    init, train_chunk, _ = pqn.make_train(pqn.Args(**{**dict(num_envs=2, num_steps=16,
-                                                              num_minibatches=2, update_epochs=2),
-                                                       **fields}))
-    state = jax.jit(init)(jax.random.key(0))
-    chunk = jax.jit(train_chunk)
-    states, history = [state], []
-    for _ in range(chunks):
-        state, metrics = chunk(state)
-        states.append(state)
-        history.append(jax.tree.map(np.asarray, metrics))
-    return states, history
-
-
 def test_epsilon_falls_linearly_then_stays(pqn):
     """start_e 1 to end_e 0.1 over half of 320 steps; chunks of 32 steps report the epsilon of
     their last step."""
-    _, history = train_chunks(pqn, 10, total_timesteps=320, num_chunks=10, start_e=1.0,
+    _, history = train_chunks(pqn, PQN, 10, total_timesteps=320, num_chunks=10, start_e=1.0,
                               end_e=0.1, exploration_fraction=0.5)
     last_steps = 32 * np.arange(1, 11) - 2  # 2 environments: the last step starts at 30, 62, ...
     expected = np.maximum(1.0 - 0.9 * last_steps / 160, 0.1)
@@ -203,10 +188,10 @@ def test_epsilon_one_acts_at_random_and_zero_greedily(pqn):
     results = {}
     for epsilon in (0.0, 1.0):
         # about 900 episodes: their returns (1 to 510) vary widely
-        _, history = train_chunks(pqn, 1, env=RANDOM_LENGTH, learning_rate=1e-30, num_envs=8,
-                                  total_timesteps=4096, start_e=epsilon, end_e=epsilon)
+        _, history = train_chunks(pqn, PQN, 1, env=RANDOM_LENGTH, learning_rate=1e-30,
+                                  num_envs=8, total_timesteps=4096, start_e=epsilon, end_e=epsilon)
         results[epsilon] = history[0]["episode_return_sum"] / history[0]["episode_count"]
-    network = train_chunks(pqn, 0, env=RANDOM_LENGTH)[0][0].network
+    network = train_chunks(pqn, PQN, 0, env=RANDOM_LENGTH)[0][0].network
     greedy = int(np.argmax(network(jnp.ones(2))))
     mean_greedy_return = np.mean(list(greedy_returns(greedy, max_length=8)))  # L uniform on 1..8
     assert results[0.0] == pytest.approx(mean_greedy_return, rel=0.25)

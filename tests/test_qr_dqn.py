@@ -11,7 +11,8 @@ import pytest
 
 from algo_files import load_algo
 from conftest import RANDOM_LENGTH
-from contract import Algo, ContractTests, leaves, small_args
+from contract import (REPLAY_BAD_INPUTS, Algo, ContractTests, ReplayBufferTests, leaves,
+                      small_args, train_chunks)
 
 
 def quantile_head(network, obs):
@@ -32,17 +33,7 @@ QR_DQN = Algo(
     bad_inputs=(
         (["--n-quantiles", 0], ["--n-quantiles", "at least 1"]),
         (["--huber-param", -0.5], ["--huber-param", ">= 0"]),
-        (["--buffer-size", 100, "--batch-size", 128], ["--buffer-size", "--batch-size"]),
-        # 10 environments: 105 transitions round down to 100
-        (["--buffer-size", 105, "--batch-size", 101], ["--buffer-size", "--num-envs", "101"]),
-        (["--learning-starts", 500_000], ["--learning-starts", "--total-timesteps"]),
-        (["--learning-starts", -1], ["--learning-starts"]),
-        (["--train-frequency", 3], ["--train-frequency", "--num-envs", "multiple"]),
-        (["--batch-size", 0], ["--batch-size", "positive"]),
-        (["--start-e", 1.5], ["--start-e", "[0, 1]"]),
-        (["--end-e", -0.1], ["--end-e", "[0, 1]"]),
-        (["--exploration-fraction", 0], ["--exploration-fraction"]),
-        (["--tau", 0], ["--tau"]),
+        *REPLAY_BAD_INPUTS,
     ),
     continuous_file="sac.py",
     loss_tags=("loss", "q_values"),
@@ -58,7 +49,7 @@ QR_DQN = Algo(
 )
 
 
-class TestContract(ContractTests):
+class TestContract(ReplayBufferTests, ContractTests):
     algo = QR_DQN
 
 
@@ -199,88 +190,26 @@ def test_loss_drives_each_output_to_its_quantile(qr):
 # Flags that change training.
 
 
-def train_chunks(qr, chunks: int, **fields):
-    """init, then `chunks` chunks of a small configuration -> (states after each, metrics)."""
-    init, train_chunk, _ = qr.make_train(small_args(qr, QR_DQN, **fields))
-    state = jax.jit(init)(jax.random.key(0))
-    chunk = jax.jit(train_chunk)
-    states, history = [state], []
-    for _ in range(chunks):
-        state, metrics = chunk(state)
-        states.append(state)
-        history.append(jax.tree.map(np.asarray, metrics))
-    return states, history
-
-
 def same_networks(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
 
 
 def test_double_q_changes_training(qr):
-    states, _ = train_chunks(qr, 1)
-    double, _ = train_chunks(qr, 1, double_q=True)
+    states, _ = train_chunks(qr, QR_DQN, 1)
+    double, _ = train_chunks(qr, QR_DQN, 1, double_q=True)
     assert not same_networks(states[1].network, double[1].network)
 
 
 def test_huber_param_changes_training(qr):
     """CartPole's targets differ from the untrained quantiles by about 1: thresholds of 1,
     0.1 and 0 (the absolute error) weigh them differently."""
-    networks = [train_chunks(qr, 1, huber_param=kappa)[0][1].network for kappa in (1.0, 0.1, 0.0)]
+    networks = [train_chunks(qr, QR_DQN, 1, huber_param=kappa)[0][1].network for kappa in (1.0, 0.1, 0.0)]
     assert not same_networks(networks[0], networks[1])
     assert not same_networks(networks[1], networks[2])
     assert not same_networks(networks[0], networks[2])
 
 
 def test_n_quantiles_sets_the_head(qr):
-    states, history = train_chunks(qr, 1, n_quantiles=3)
+    states, history = train_chunks(qr, QR_DQN, 1, n_quantiles=3)
     assert states[1].network(jnp.zeros(4)).shape == (2, 3)
     assert np.isfinite(history[0]["loss"])
-
-
-# ---------------------------------------------------------------------------------------------
-# The replay buffer.
-
-
-def one_transition(qr, value: float, num_envs: int):
-    """A step of num_envs environments whose fields all hold `value` + the environment index."""
-    fill = value + jnp.arange(num_envs, dtype=jnp.float32)
-    return qr.Transition(obs=jnp.stack([fill, fill], axis=1), action=fill.astype(jnp.int32),
-                         reward=fill, terminated=fill, next_obs=jnp.stack([fill, fill], axis=1))
-
-
-def test_buffer_wraps_around_and_overwrites_the_oldest_rows(qr):
-    num_envs, rows = 3, 5
-    like = jax.tree.map(lambda x: x[0], one_transition(qr, 0.0, num_envs))
-    buffer = qr.buffer_init(like, num_envs, rows)
-    add = jax.jit(qr.buffer_add)
-    for step in range(7):  # steps 1..7 hold values 100, 200, ..., 700
-        buffer = add(buffer, one_transition(qr, 100.0 * (step + 1), num_envs))
-        assert int(buffer.size) == min(step + 1, rows)
-        assert int(buffer.position) == (step + 1) % rows
-    # rows 0 and 1 were overwritten by steps 6 and 7; rows 2-4 hold steps 3-5
-    expected = np.array([600, 700, 300, 400, 500], np.float32)
-    for env in range(num_envs):
-        np.testing.assert_array_equal(buffer.transitions.reward[env], expected + env)
-        np.testing.assert_array_equal(buffer.transitions.next_obs[env, :, 0], expected + env)
-        np.testing.assert_array_equal(buffer.transitions.action[env], (expected + env).astype(int))
-
-
-def test_sampling_stays_inside_the_filled_part(qr):
-    """Before the buffer wraps, only written rows come back, every one of them in time; the
-    empty rows (zeros) never do. After it wraps, every row can."""
-    num_envs, rows, batch = 2, 50, 64
-    like = jax.tree.map(lambda x: x[0], one_transition(qr, 0.0, num_envs))
-    buffer = qr.buffer_init(like, num_envs, rows)
-    add = jax.jit(qr.buffer_add)
-    sample = jax.jit(qr.buffer_sample, static_argnums=2)
-    for step in range(3):
-        buffer = add(buffer, one_transition(qr, 10.0 * (step + 1), num_envs))
-    keys = jax.random.split(jax.random.key(0), 100)
-    rewards = np.asarray(jax.vmap(lambda key: sample(buffer, key, batch))(keys).reward)
-    assert set(rewards.ravel()) == {10, 11, 20, 21, 30, 31}  # never an empty row's 0
-
-    for step in range(3, 60):  # steps 51..60 overwrite rows 0..9: values 510 ... 600 there
-        buffer = add(buffer, one_transition(qr, 10.0 * (step + 1), num_envs))
-    rewards = np.asarray(jax.vmap(lambda key: sample(buffer, key, batch))(keys).reward)
-    written = {10.0 * (step + 1) + env for step in range(10, 60) for env in range(num_envs)}
-    assert set(rewards.ravel()) == written  # all 100 slots, none of the overwritten values
