@@ -185,6 +185,14 @@ def make_env(args: Args):
 # pqn.py and PureJaxQL).
 
 
+def dense(layer: eqx.nn.Linear, x):
+    """layer(x) written as x W^T + b instead of equinox's W x + b: the same values, but under
+    vmap the batch stays the leading axis of the result ([B, out] rather than [out, B]), so
+    the LayerNorm that follows reduces along contiguous memory. Measured on CartPole-v1 (1
+    seed, 2-core AMD EPYC): 1.46x the training SPS of layer(x)."""
+    return x @ layer.weight.T + layer.bias
+
+
 def orthogonal_linear(key, in_features: int, out_features: int, scale: float) -> eqx.nn.Linear:
     """A Linear layer with orthogonal weights of gain `scale` and zero biases."""
     # Shapes only: eval_shape builds the layer without running its default random init.
@@ -232,10 +240,10 @@ class Torso(eqx.Module):
             h, w = obs.shape[0] - 2, obs.shape[1] - 2
             patches = jnp.concatenate([obs[i:i + h, j:j + w] for i in range(3) for j in range(3)],
                                       axis=-1)  # [H - 2, W - 2, 9 C]
-            conv = lambda patch: jax.nn.relu(self.conv_norm(self.conv(patch)))
+            conv = lambda patch: jax.nn.relu(self.conv_norm(dense(self.conv, patch)))
             x = jax.vmap(jax.vmap(conv))(patches).ravel()
         for layer, norm in zip(self.layers, self.norms):
-            x = jax.nn.relu(norm(layer(x)))
+            x = jax.nn.relu(norm(dense(layer, x)))
         return x
 
 
@@ -252,7 +260,7 @@ class QNetwork(eqx.Module):
 
     def __call__(self, obs):
         """One observation -> action values Q(obs, .) [A]."""
-        return self.head(self.torso(obs.astype(jnp.float32)))
+        return dense(self.head, self.torso(obs.astype(jnp.float32)))
 
 
 # ---------------------------------------------------------------------------------------------
