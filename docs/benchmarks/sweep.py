@@ -86,6 +86,15 @@ QR_DQN_VARIANTS = [
     ("--buffer-size", "100000"),
     ("--gamma", "0.98", "--learning-rate", "4e-3", "--target-network-frequency", "600",
      "--exploration-fraction", "0.2", "--end-e", "0.07"),
+    # MountainCar-v0: dqn.py's settings there (returns.py), with double Q-learning, or with the
+    # paper's kappa of 1 (the returns here stay within [-50, 0], so kappa 10 is nearly the
+    # squared error)
+    ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
+     "--learning-starts", "1000", "--target-network-frequency", "600",
+     "--exploration-fraction", "0.05", "--end-e", "0.07", "--double-q"),
+    ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
+     "--learning-starts", "1000", "--target-network-frequency", "600",
+     "--exploration-fraction", "0.05", "--end-e", "0.07", "--huber-param", "1"),
 ]
 # PQN: the defaults of CleanRL's pqn.py (lambda 0.65, epsilon to 0.05 over half of training,
 # lr 2.5e-4); PureJaxQL's gymnax configuration's lambda 0.95 and shorter exploration (0.2), and
