@@ -72,7 +72,14 @@ DQN_VARIANTS = [
      "--learning-starts", "1000", "--target-network-frequency", "600",
      "--exploration-fraction", "0.05", "--end-e", "0.07", "--double-q"),
 ]
-C51_VARIANTS = [()]
+# C51: its defaults; then for MountainCar-v0 dqn.py's settings there (returns.py), on the
+# 51 atoms of [-100, 0] that the returns can reach.
+C51_VARIANTS = [
+    (),
+    ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", "--train-frequency", "2",
+     "--learning-rate", "4e-3", "--gamma", "0.98", "--learning-starts", "1000",
+     "--target-network-frequency", "600", "--exploration-fraction", "0.05", "--end-e", "0.07"),
+]
 # QR-DQN: its defaults first; then the paper's kappa of 1 (diverged on CartPole-v1, see
 # docs/qr_dqn.md), a larger learning rate, the RL Zoo's 10 quantiles of CartPole-v1, a larger
 # buffer; for MountainCar-v0 the RL Zoo's tuned hyperparameters (hyperparams/qrdqn.yml) that our
@@ -95,6 +102,9 @@ QR_DQN_VARIANTS = [
     ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
      "--learning-starts", "1000", "--target-network-frequency", "600",
      "--exploration-fraction", "0.05", "--end-e", "0.07", "--huber-param", "1"),
+    ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
+     "--learning-starts", "1000", "--target-network-frequency", "600",
+     "--exploration-fraction", "0.05", "--end-e", "0.07", "--huber-param", "1", "--double-q"),
 ]
 # PQN: the defaults of CleanRL's pqn.py (lambda 0.65, epsilon to 0.05 over half of training,
 # lr 2.5e-4); PureJaxQL's gymnax configuration's lambda 0.95 and shorter exploration (0.2), and
