@@ -76,22 +76,23 @@ A2C_SETTINGS = {
     "Acrobot-v1": Setting(500_000, -83.4, f"-83.4 ({RL_ZOO}, 500k steps)"),
 }
 
+# The RL Zoo's tuned DQN (hyperparams/dqn.yml) as far as the flags go (its network is 256-256),
+# chosen by sweep.py (results/dqn/sweep_<env>.md): for Acrobot-v1 one gradient step per 2 steps
+# (the Zoo: per step), and for MountainCar-v0 the same with exploration over its 24k steps (0.05
+# of 500k). The other replay-buffer files start from them.
+DQN_ACROBOT_FLAGS = ("--train-frequency", "2", "--learning-rate", "6.3e-4", "--buffer-size",
+                     "50000", "--learning-starts", "1000", "--target-network-frequency", "250",
+                     "--exploration-fraction", "0.12", "--end-e", "0.1")
+DQN_MOUNTAINCAR_FLAGS = ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
+                         "--learning-starts", "1000", "--target-network-frequency", "600",
+                         "--exploration-fraction", "0.05", "--end-e", "0.07")
+
 DQN_SETTINGS = {
     "CartPole-v1": Setting(500_000, 498.4, f"498.4 ({CLEANRL} dqn_jax.py, 500k steps)"),
-    # The RL Zoo's tuned DQN (hyperparams/dqn.yml) as far as the flags go (its network is
-    # 256-256), chosen by sweep.py (results/dqn/sweep_<env>.md): for Acrobot-v1 one gradient
-    # step per 2 steps (the Zoo: per step) ...
     "Acrobot-v1": Setting(500_000, -88.9, f"-88.9 ({CLEANRL} dqn_jax.py, 500k steps)",
-                          ("--train-frequency", "2", "--learning-rate", "6.3e-4",
-                           "--buffer-size", "50000", "--learning-starts", "1000",
-                           "--target-network-frequency", "250", "--exploration-fraction", "0.12",
-                           "--end-e", "0.1")),
-    # ... and for MountainCar-v0, with exploration over its 24k steps (0.05 of 500k).
+                          DQN_ACROBOT_FLAGS),
     "MountainCar-v0": Setting(500_000, -188.9, f"-188.9 ({CLEANRL} dqn_jax.py, 500k steps)",
-                              ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma",
-                               "0.98", "--learning-starts", "1000",
-                               "--target-network-frequency", "600", "--exploration-fraction",
-                               "0.05", "--end-e", "0.07")),
+                              DQN_MOUNTAINCAR_FLAGS),
     "Breakout-MinAtar": Setting(1_000_000, 17.7, PPO_BREAKOUT, MINATAR_REPLAY_FLAGS,
                                 num_seeds=2),
 }
@@ -107,10 +108,7 @@ C51_SETTINGS = {
     # defaults, -82.9 ± 4.8 (8 seeds).
     "Acrobot-v1": Setting(500_000, -86.7, f"-86.7 ({CLEANRL} c51_jax.py, 500k steps)",
                           ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0",
-                           "--train-frequency", "2", "--learning-rate", "6.3e-4",
-                           "--buffer-size", "50000", "--learning-starts", "1000",
-                           "--target-network-frequency", "250", "--exploration-fraction", "0.12",
-                           "--end-e", "0.1")),
+                           *DQN_ACROBOT_FLAGS)),
     "MountainCar-v0": Setting(500_000, -174.3, f"-174.3 ({CLEANRL} c51_jax.py, 500k steps)",
                               ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0")),
     "Breakout-MinAtar": Setting(1_000_000, 17.7, PPO_BREAKOUT,
@@ -122,15 +120,9 @@ QR_DQN_SETTINGS = {
     "CartPole-v1": Setting(500_000, 500.0, "500 (RL Zoo QR-DQN, tuned)"),
     # dqn.py's settings for these two (the RL Zoo's tuned DQN as far as the flags go).
     "Acrobot-v1": Setting(500_000, -80.0, "-80 (issue 7's goal)",
-                          ("--train-frequency", "2", "--learning-rate", "6.3e-4",
-                           "--buffer-size", "50000", "--learning-starts", "1000",
-                           "--target-network-frequency", "250", "--exploration-fraction", "0.12",
-                           "--end-e", "0.1")),
+                          DQN_ACROBOT_FLAGS),
     "MountainCar-v0": Setting(500_000, -106.0, "-106 (RL Zoo QR-DQN, tuned)",
-                              ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma",
-                               "0.98", "--learning-starts", "1000",
-                               "--target-network-frequency", "600", "--exploration-fraction",
-                               "0.05", "--end-e", "0.07")),
+                              DQN_MOUNTAINCAR_FLAGS),
     "Breakout-MinAtar": Setting(1_000_000, 17.7, PPO_BREAKOUT, MINATAR_REPLAY_FLAGS,
                                 num_seeds=2),
 }

@@ -56,29 +56,21 @@ DQN_VARIANTS = [
     ("--huber-delta", "1"),
     # RL Zoo's tuned DQN (hyperparams/dqn.yml) as far as these flags go (its networks are
     # 256-256): Acrobot-v1 (one gradient step per 2 steps here, per step there) ...
-    ("--train-frequency", "2", "--learning-rate", "6.3e-4", "--buffer-size", "50000",
-     "--learning-starts", "1000", "--target-network-frequency", "250",
-     "--exploration-fraction", "0.12", "--end-e", "0.1"),
+    returns.DQN_ACROBOT_FLAGS,
     # ... and MountainCar-v0 (one gradient step per 2 steps, as there).
     ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
      "--learning-starts", "1000", "--target-network-frequency", "600",
      "--exploration-fraction", "0.2", "--end-e", "0.07"),
     ("--learning-rate", "1e-3", "--double-q"),
     # MountainCar-v0 again, with the RL Zoo's exploration length (0.2 of its 120k steps)
-    ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
-     "--learning-starts", "1000", "--target-network-frequency", "600",
-     "--exploration-fraction", "0.05", "--end-e", "0.07"),
-    ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
-     "--learning-starts", "1000", "--target-network-frequency", "600",
-     "--exploration-fraction", "0.05", "--end-e", "0.07", "--double-q"),
+    returns.DQN_MOUNTAINCAR_FLAGS,
+    (*returns.DQN_MOUNTAINCAR_FLAGS, "--double-q"),
 ]
 # C51: its defaults; then for MountainCar-v0 dqn.py's settings there (returns.py), on the
 # 51 atoms of [-100, 0] that the returns can reach.
 C51_VARIANTS = [
     (),
-    ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", "--train-frequency", "2",
-     "--learning-rate", "4e-3", "--gamma", "0.98", "--learning-starts", "1000",
-     "--target-network-frequency", "600", "--exploration-fraction", "0.05", "--end-e", "0.07"),
+    ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", *returns.DQN_MOUNTAINCAR_FLAGS),
 ]
 # QR-DQN: its defaults first; then the paper's kappa of 1 (diverged on CartPole-v1, see
 # docs/qr_dqn.md), a larger learning rate, the RL Zoo's 10 quantiles of CartPole-v1, a larger
@@ -96,15 +88,9 @@ QR_DQN_VARIANTS = [
     # MountainCar-v0: dqn.py's settings there (returns.py), with double Q-learning, or with the
     # paper's kappa of 1 (the returns here stay within [-50, 0], so kappa 10 is nearly the
     # squared error)
-    ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
-     "--learning-starts", "1000", "--target-network-frequency", "600",
-     "--exploration-fraction", "0.05", "--end-e", "0.07", "--double-q"),
-    ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
-     "--learning-starts", "1000", "--target-network-frequency", "600",
-     "--exploration-fraction", "0.05", "--end-e", "0.07", "--huber-param", "1"),
-    ("--train-frequency", "2", "--learning-rate", "4e-3", "--gamma", "0.98",
-     "--learning-starts", "1000", "--target-network-frequency", "600",
-     "--exploration-fraction", "0.05", "--end-e", "0.07", "--huber-param", "1", "--double-q"),
+    (*returns.DQN_MOUNTAINCAR_FLAGS, "--double-q"),
+    (*returns.DQN_MOUNTAINCAR_FLAGS, "--huber-param", "1"),
+    (*returns.DQN_MOUNTAINCAR_FLAGS, "--huber-param", "1", "--double-q"),
 ]
 # PQN: the defaults of CleanRL's pqn.py (lambda 0.65, epsilon to 0.05 over half of training,
 # lr 2.5e-4); PureJaxQL's gymnax configuration's lambda 0.95 and shorter exploration (0.2), and
