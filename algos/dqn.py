@@ -2,8 +2,8 @@
 
 DQN (Mnih et al. 2015, https://www.nature.com/articles/nature14236) learns action values
 Q(s, a) by regressing them (squared error, or Huber with --huber-delta) onto one-step targets
-r + gamma max_a' Q'(s', a') computed by a target network Q' that follows the online network only every
-`target_network_frequency` environment steps. Transitions come from `num_envs` parallel
+r + gamma max_a' Q'(s', a') computed by a target network Q' that follows the online network
+only every `target_network_frequency` environment steps. Transitions come from `num_envs` parallel
 environments acting epsilon-greedily (epsilon falling linearly from `start_e` to `end_e`) and go
 into a replay buffer, from which minibatches are sampled uniformly. `--double-q` takes the
 target's action from the online network instead (van Hasselt et al. 2016,

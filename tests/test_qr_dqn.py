@@ -203,7 +203,8 @@ def test_double_q_changes_training(qr):
 def test_huber_param_changes_training(qr):
     """CartPole's targets differ from the untrained quantiles by about 1: thresholds of 1,
     0.1 and 0 (the absolute error) weigh them differently."""
-    networks = [train_chunks(qr, QR_DQN, 1, huber_param=kappa)[0][1].network for kappa in (1.0, 0.1, 0.0)]
+    networks = [train_chunks(qr, QR_DQN, 1, huber_param=kappa)[0][1].network
+                for kappa in (1.0, 0.1, 0.0)]
     assert not same_networks(networks[0], networks[1])
     assert not same_networks(networks[1], networks[2])
     assert not same_networks(networks[0], networks[2])
