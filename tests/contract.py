@@ -732,7 +732,7 @@ print(json.dumps(report))
 # ---------------------------------------------------------------------------------------------
 # The replay buffer of dqn.py, c51.py and qr_dqn.py: the same buffer written in each file.
 
-# Their own bad inputs, beside the shared ones (Algo.bad_inputs adds them).
+# Their own bad inputs, beside the shared ones (replay_algo adds them to Algo.bad_inputs).
 REPLAY_BAD_INPUTS = (
     (["--buffer-size", 100, "--batch-size", 128], ["--buffer-size", "--batch-size"]),
     # 10 environments: 105 transitions round down to 100
@@ -746,6 +746,36 @@ REPLAY_BAD_INPUTS = (
     (["--exploration-fraction", 0], ["--exploration-fraction"]),
     (["--tau", 0], ["--tau"]),
 )
+REPLAY_HELP_FLAGS = ("--buffer-size", "--batch-size", "--learning-starts", "--train-frequency",
+                     "--target-network-frequency", "--tau", "--start-e", "--end-e",
+                     "--exploration-fraction", "--double-q")
+
+
+def replay_algo(name: str, help_flags: tuple[str, ...], help_text: str, bad_inputs: tuple,
+                loss_tags: tuple[str, ...], head: Callable, fast: dict | None = None,
+                chain: dict | None = None, learn_flags: tuple = ()) -> Algo:
+    """The Algo of a replay-buffer file: what dqn.py, c51.py and qr_dqn.py share, with the
+    file's own flags, bad inputs, logged losses and head; fast and chain add its own fields."""
+    return Algo(
+        name=name,
+        # small runs: 2 environments x 16 steps per update, 8 gradient steps of 32 per update
+        fast=dict(learning_starts=0, train_frequency=4, batch_size=32, buffer_size=256,
+                  target_network_frequency=32, **(fast or {})),
+        help_flags=REPLAY_HELP_FLAGS + help_flags,
+        help_text=help_text,
+        bad_inputs=(*bad_inputs, *REPLAY_BAD_INPUTS),
+        continuous_file="sac.py",
+        loss_tags=loss_tags,
+        # 6000 steps round down to 2 chunks of 300 updates of 10 x 1 steps
+        tiny_chunk_steps=3000,
+        tiny_learning_rates=None,  # Adam at a constant rate; charts/epsilon instead
+        chain=dict(num_envs=16, num_steps=1, train_frequency=16, total_timesteps=16_000,
+                   learning_rate=1e-3, target_network_frequency=160, **(chain or {})),
+        learn_flags=learn_flags,
+        cli_flags=("--learning-starts", 1000),
+        head=head,
+        policy_starts_uniform=False,
+    )
 
 
 def train_chunks(module, algo: Algo, chunks: int, **fields):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from algo_files import load_algo
-from contract import (REPLAY_BAD_INPUTS, Algo, ContractTests, ReplayBufferTests, leaves,
-                      small_args, train_chunks)
+from contract import (ContractTests, ReplayBufferTests, leaves, replay_algo, small_args,
+                      train_chunks)
 
 
 def expected_q_head(network, obs):
@@ -22,38 +22,24 @@ def expected_q_head(network, obs):
     return q, q.max()
 
 
-C51 = Algo(
-    name="c51",
-    # small runs: 2 environments x 16 steps per update, 8 gradient steps of 32 per update; 51
-    # atoms (the paper's), 4x cheaper than 101 (with 101, one seed of the contract's 4-step
-    # chunk_by_chunk fixture balanced CartPole past its 100 chunks, and no episode ended)
-    fast=dict(learning_starts=0, train_frequency=4, batch_size=32, buffer_size=256,
-              target_network_frequency=32, n_atoms=51),
-    help_flags=("--buffer-size", "--batch-size", "--learning-starts", "--train-frequency",
-                "--target-network-frequency", "--tau", "--start-e", "--end-e",
-                "--exploration-fraction", "--double-q", "--n-atoms", "--v-min", "--v-max"),
+C51 = replay_algo(
+    "c51", help_flags=("--n-atoms", "--v-min", "--v-max"),
     help_text="smallest atom: returns below it are counted as it",
     bad_inputs=(
         (["--n-atoms", 1], ["--n-atoms", "at least 2"]),
         (["--v-min", 10, "--v-max", 10], ["--v-min", "--v-max"]),
         (["--v-min", 5, "--v-max", -5], ["--v-min", "--v-max"]),
-        *REPLAY_BAD_INPUTS,
     ),
-    continuous_file="sac.py",
     loss_tags=("loss", "q_values"),
-    # 6000 steps round down to 2 chunks of 300 updates of 10 x 1 steps
-    tiny_chunk_steps=3000,
-    tiny_learning_rates=None,  # Adam at a constant rate; charts/epsilon instead
+    head=expected_q_head,
+    # 51 atoms (the paper's), 4x cheaper than 101 (with 101, one seed of the contract's 4-step
+    # chunk_by_chunk fixture balanced CartPole past its 100 chunks, and no episode ended)
+    fast=dict(n_atoms=51),
     # The chain's values lie in [0, 10] (gamma 0.9): a support of atoms 0.5 apart around it.
-    chain=dict(num_envs=16, num_steps=1, train_frequency=16, total_timesteps=16_000,
-               learning_rate=1e-3, target_network_frequency=160, n_atoms=29, v_min=-2.0,
-               v_max=12.0),
+    chain=dict(n_atoms=29, v_min=-2.0, v_max=12.0),
     # 500k steps as the defaults, on 21 atoms: the projection's cost grows with the square of
     # --n-atoms (3 seeds at the default 101 take minutes); CartPole's returns are never negative.
     learn_flags=("--n-atoms", 21, "--v-min", 0, "--v-max", 100),
-    cli_flags=("--learning-starts", 1000),
-    head=expected_q_head,
-    policy_starts_uniform=False,
 )
 
 

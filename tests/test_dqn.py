@@ -8,33 +8,15 @@ import numpy as np
 import pytest
 
 from algo_files import load_algo
-from contract import (REPLAY_BAD_INPUTS, Algo, ContractTests, ReplayBufferTests, leaves,
-                      q_network_head, run_small, small_args, train_chunks)
+from contract import (ContractTests, ReplayBufferTests, leaves, q_network_head, replay_algo,
+                      run_small, small_args, train_chunks)
 
-DQN = Algo(
-    name="dqn",
-    # small runs: 2 environments x 16 steps per update, 8 gradient steps of 32 per update
-    fast=dict(learning_starts=0, train_frequency=4, batch_size=32, buffer_size=256,
-              target_network_frequency=32),
-    help_flags=("--buffer-size", "--batch-size", "--learning-starts", "--train-frequency",
-                "--target-network-frequency", "--tau", "--start-e", "--end-e",
-                "--exploration-fraction", "--double-q", "--huber-delta"),
+DQN = replay_algo(
+    "dqn", help_flags=("--huber-delta",),
     help_text="environment steps before the first gradient step",
-    bad_inputs=(
-        *REPLAY_BAD_INPUTS,
-        (["--huber-delta", 0], ["--huber-delta"]),
-    ),
-    continuous_file="sac.py",
+    bad_inputs=((["--huber-delta", 0], ["--huber-delta"]),),
     loss_tags=("td_loss", "q_values"),
-    # 6000 steps round down to 2 chunks of 300 updates of 10 x 1 steps
-    tiny_chunk_steps=3000,
-    tiny_learning_rates=None,  # Adam at a constant rate; charts/epsilon instead
-    chain=dict(num_envs=16, num_steps=1, train_frequency=16, total_timesteps=16_000,
-               learning_rate=1e-3, target_network_frequency=160),
-    learn_flags=(),  # the defaults: 500k steps
-    cli_flags=("--learning-starts", 1000),
     head=q_network_head,
-    policy_starts_uniform=False,
 )
 
 

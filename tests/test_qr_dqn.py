@@ -11,8 +11,8 @@ import pytest
 
 from algo_files import load_algo
 from conftest import RANDOM_LENGTH
-from contract import (REPLAY_BAD_INPUTS, Algo, ContractTests, ReplayBufferTests, leaves,
-                      small_args, train_chunks)
+from contract import (ContractTests, ReplayBufferTests, leaves, replay_algo, small_args,
+                      train_chunks)
 
 
 def quantile_head(network, obs):
@@ -21,31 +21,15 @@ def quantile_head(network, obs):
     return q, q.max()
 
 
-QR_DQN = Algo(
-    name="qr_dqn",
-    # small runs: 2 environments x 16 steps per update, 8 gradient steps of 32 per update
-    fast=dict(learning_starts=0, train_frequency=4, batch_size=32, buffer_size=256,
-              target_network_frequency=32),
-    help_flags=("--buffer-size", "--batch-size", "--learning-starts", "--train-frequency",
-                "--target-network-frequency", "--tau", "--start-e", "--end-e",
-                "--exploration-fraction", "--double-q", "--n-quantiles", "--huber-param"),
+QR_DQN = replay_algo(
+    "qr_dqn", help_flags=("--n-quantiles", "--huber-param"),
     help_text="quantiles of the return estimated per action",
     bad_inputs=(
         (["--n-quantiles", 0], ["--n-quantiles", "at least 1"]),
         (["--huber-param", -0.5], ["--huber-param", ">= 0"]),
-        *REPLAY_BAD_INPUTS,
     ),
-    continuous_file="sac.py",
     loss_tags=("loss", "q_values"),
-    # 6000 steps round down to 2 chunks of 300 updates of 10 x 1 steps
-    tiny_chunk_steps=3000,
-    tiny_learning_rates=None,  # Adam at a constant rate; charts/epsilon instead
-    chain=dict(num_envs=16, num_steps=1, train_frequency=16, total_timesteps=16_000,
-               learning_rate=1e-3, target_network_frequency=160),
-    learn_flags=(),  # the defaults: 500k steps
-    cli_flags=("--learning-starts", 1000),
     head=quantile_head,
-    policy_starts_uniform=False,
 )
 
 
