@@ -99,7 +99,7 @@ DQN_SETTINGS = {
 
 # C51: the paper's 51 atoms on the half of CleanRL's [-100, 100] that each environment's
 # returns can reach (CartPole pays +1 a step, Acrobot and MountainCar -1), atoms 2 apart as in
-# CleanRL. The default 101 atoms cost 3.4x more per gradient step (rlax's projection is
+# CleanRL. CleanRL's 101 atoms cost 3.4x more per gradient step (rlax's projection is
 # quadratic in the atoms): about an hour per environment for 8 seeds on a shared 2-core machine.
 C51_SETTINGS = {
     "CartPole-v1": Setting(500_000, 491.1, f"491.1 ({CLEANRL} c51_jax.py, 500k steps)",
@@ -120,7 +120,7 @@ QR_DQN_SETTINGS = {
     "CartPole-v1": Setting(500_000, 500.0, "500 (RL Zoo QR-DQN, tuned)"),
     # dqn.py's settings for these two (the RL Zoo's tuned DQN as far as the flags go), on
     # MountainCar-v0 with the paper's kappa of 1: -121.3 against dqn.py's flags alone -153.9
-    # (8 seeds; results/qr_dqn/sweep_MountainCar-v0.md)
+    # (8 seeds), -131.5 over 16 (8 more with --seed 1; results/qr_dqn/sweep_MountainCar-v0.md)
     "Acrobot-v1": Setting(500_000, -80.0, "-80 (issue 7's goal)", DQN_ACROBOT_FLAGS),
     "MountainCar-v0": Setting(500_000, -106.0, "-106 (RL Zoo QR-DQN, tuned)",
                               (*DQN_MOUNTAINCAR_FLAGS, "--huber-param", "1")),

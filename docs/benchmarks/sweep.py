@@ -66,11 +66,27 @@ DQN_VARIANTS = [
     returns.DQN_MOUNTAINCAR_FLAGS,
     (*returns.DQN_MOUNTAINCAR_FLAGS, "--double-q"),
 ]
+
+
+def with_flag(flags: tuple[str, ...], name: str, value: str) -> tuple[str, ...]:
+    """flags with name's value replaced by value."""
+    at = flags.index(name) + 1
+    return flags[:at] + (value,) + flags[at + 1:]
+
+
+C51_MOUNTAINCAR_LR_1E3 = with_flag(returns.DQN_MOUNTAINCAR_FLAGS, "--learning-rate", "1e-3")
 # C51: its defaults; then for MountainCar-v0 dqn.py's settings there (returns.py), on the
 # 51 atoms of [-100, 0] that the returns can reach.
 C51_VARIANTS = [
     (),
     ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", *returns.DQN_MOUNTAINCAR_FLAGS),
+    # ... with a quarter of its learning rate (4e-3 is 16 times C51's usual 2.5e-4), and with
+    # that on the [-50, 0] that returns discounted by 0.98 reach (atoms 1 apart). Near-uniform
+    # initial logits value every state at the support's middle: -50 on [-100, 0], which is
+    # what never reaching the flag is worth at gamma 0.98 (no optimism to explore with), -25
+    # on [-50, 0].
+    ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", *C51_MOUNTAINCAR_LR_1E3),
+    ("--n-atoms", "51", "--v-min", "-50", "--v-max", "0", *C51_MOUNTAINCAR_LR_1E3),
 ]
 # QR-DQN: its defaults first; then the paper's kappa of 1 (diverged on CartPole-v1, see
 # docs/qr_dqn.md), a larger learning rate, the RL Zoo's 10 quantiles of CartPole-v1, a larger
