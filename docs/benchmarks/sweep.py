@@ -74,7 +74,8 @@ def with_flag(flags: tuple[str, ...], name: str, value: str) -> tuple[str, ...]:
     return flags[:at] + (value,) + flags[at + 1:]
 
 
-C51_MOUNTAINCAR_LR_1E3 = with_flag(returns.DQN_MOUNTAINCAR_FLAGS, "--learning-rate", "1e-3")
+# dqn.py's MountainCar-v0 settings at a quarter of their learning rate
+MOUNTAINCAR_LR_1E3 = with_flag(returns.DQN_MOUNTAINCAR_FLAGS, "--learning-rate", "1e-3")
 # C51: its defaults; then for MountainCar-v0 dqn.py's settings there (returns.py), on the
 # 51 atoms of [-100, 0] that the returns can reach.
 C51_VARIANTS = [
@@ -84,9 +85,10 @@ C51_VARIANTS = [
     # that on the [-50, 0] that returns discounted by 0.98 reach (atoms 1 apart). Near-uniform
     # initial logits value every state at the support's middle: -50 on [-100, 0], which is
     # what never reaching the flag is worth at gamma 0.98 (no optimism to explore with), -25
-    # on [-50, 0].
-    ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", *C51_MOUNTAINCAR_LR_1E3),
-    ("--n-atoms", "51", "--v-min", "-50", "--v-max", "0", *C51_MOUNTAINCAR_LR_1E3),
+    # on [-50, 0], and 0 on [-50, 50] (dqn.py's networks start near 0 too).
+    ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", *MOUNTAINCAR_LR_1E3),
+    ("--n-atoms", "51", "--v-min", "-50", "--v-max", "0", *MOUNTAINCAR_LR_1E3),
+    ("--n-atoms", "51", "--v-min", "-50", "--v-max", "50", *MOUNTAINCAR_LR_1E3),
 ]
 # QR-DQN: its defaults first; then the paper's kappa of 1 (diverged on CartPole-v1, see
 # docs/qr_dqn.md), a larger learning rate, the RL Zoo's 10 quantiles of CartPole-v1, a larger
@@ -107,6 +109,8 @@ QR_DQN_VARIANTS = [
     (*returns.DQN_MOUNTAINCAR_FLAGS, "--double-q"),
     (*returns.DQN_MOUNTAINCAR_FLAGS, "--huber-param", "1"),
     (*returns.DQN_MOUNTAINCAR_FLAGS, "--huber-param", "1", "--double-q"),
+    # ... and kappa 1 at a quarter of the learning rate, as for c51.py
+    (*MOUNTAINCAR_LR_1E3, "--huber-param", "1"),
 ]
 # PQN: the defaults of CleanRL's pqn.py (lambda 0.65, epsilon to 0.05 over half of training,
 # lr 2.5e-4); PureJaxQL's gymnax configuration's lambda 0.95 and shorter exploration (0.2), and
