@@ -128,6 +128,13 @@ PQN_VARIANTS = [
     ("--q-lambda", "0.95", "--learning-rate", "4e-3"),
     ("--q-lambda", "0.95", "--learning-rate", "4e-3", "--gamma", "0.98",
      "--exploration-fraction", "0.2", "--end-e", "0.07"),
+    # MountainCar-v0, where each seed finds the flag or never does: the same 2,048 steps per
+    # update from more environments (more places explored at once), CleanRL's lambda at the
+    # larger rate, and a larger rate still
+    ("--q-lambda", "0.95", "--learning-rate", "4e-3", "--num-envs", "128", "--num-steps", "16"),
+    ("--q-lambda", "0.95", "--learning-rate", "4e-3", "--num-envs", "256", "--num-steps", "8"),
+    ("--learning-rate", "4e-3",),
+    ("--q-lambda", "0.95", "--learning-rate", "1e-2"),
 ]
 
 VARIANTS = {"ppo": PPO_VARIANTS, "a2c": A2C_VARIANTS, "dqn": DQN_VARIANTS, "c51": C51_VARIANTS,
