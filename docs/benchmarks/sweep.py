@@ -42,6 +42,16 @@ PPO_VARIANTS = [
 A2C_VARIANTS = [("--num-envs", num_envs, "--ent-coef", ent_coef)
                 for num_envs in ("8", "16", "32") for ent_coef in ("0.0", "0.01")]
 
+
+def with_flag(flags: tuple[str, ...], name: str, value: str) -> tuple[str, ...]:
+    """flags with name's value replaced by value."""
+    at = flags.index(name) + 1
+    return flags[:at] + (value,) + flags[at + 1:]
+
+
+# dqn.py's MountainCar-v0 settings at a quarter of their learning rate
+MOUNTAINCAR_LR_1E3 = with_flag(returns.DQN_MOUNTAINCAR_FLAGS, "--learning-rate", "1e-3")
+
 # The value-based family: filled in by each file's own search (see its docs page).
 DQN_VARIANTS = [
     (),
@@ -65,17 +75,10 @@ DQN_VARIANTS = [
     # MountainCar-v0 again, with the RL Zoo's exploration length (0.2 of its 120k steps)
     returns.DQN_MOUNTAINCAR_FLAGS,
     (*returns.DQN_MOUNTAINCAR_FLAGS, "--double-q"),
+    # ... and at a quarter of its learning rate (what c51.py needed there)
+    MOUNTAINCAR_LR_1E3,
 ]
 
-
-def with_flag(flags: tuple[str, ...], name: str, value: str) -> tuple[str, ...]:
-    """flags with name's value replaced by value."""
-    at = flags.index(name) + 1
-    return flags[:at] + (value,) + flags[at + 1:]
-
-
-# dqn.py's MountainCar-v0 settings at a quarter of their learning rate
-MOUNTAINCAR_LR_1E3 = with_flag(returns.DQN_MOUNTAINCAR_FLAGS, "--learning-rate", "1e-3")
 # C51: its defaults; then for MountainCar-v0 dqn.py's settings there (returns.py), on the
 # 51 atoms of [-100, 0] that the returns can reach.
 C51_VARIANTS = [
