@@ -42,16 +42,6 @@ PPO_VARIANTS = [
 A2C_VARIANTS = [("--num-envs", num_envs, "--ent-coef", ent_coef)
                 for num_envs in ("8", "16", "32") for ent_coef in ("0.0", "0.01")]
 
-
-def with_flag(flags: tuple[str, ...], name: str, value: str) -> tuple[str, ...]:
-    """flags with name's value replaced by value."""
-    at = flags.index(name) + 1
-    return flags[:at] + (value,) + flags[at + 1:]
-
-
-# dqn.py's MountainCar-v0 settings at a quarter of their learning rate
-MOUNTAINCAR_LR_1E3 = with_flag(returns.DQN_MOUNTAINCAR_FLAGS, "--learning-rate", "1e-3")
-
 # The value-based family: filled in by each file's own search (see its docs page).
 DQN_VARIANTS = [
     (),
@@ -73,25 +63,25 @@ DQN_VARIANTS = [
      "--exploration-fraction", "0.2", "--end-e", "0.07"),
     ("--learning-rate", "1e-3", "--double-q"),
     # MountainCar-v0 again, with the RL Zoo's exploration length (0.2 of its 120k steps)
-    returns.DQN_MOUNTAINCAR_FLAGS,
-    (*returns.DQN_MOUNTAINCAR_FLAGS, "--double-q"),
+    returns.RL_ZOO_MOUNTAINCAR_FLAGS,
+    (*returns.RL_ZOO_MOUNTAINCAR_FLAGS, "--double-q"),
     # ... and at a quarter of its learning rate (what c51.py needed there)
-    MOUNTAINCAR_LR_1E3,
+    returns.DQN_MOUNTAINCAR_FLAGS,
 ]
 
-# C51: its defaults; then for MountainCar-v0 dqn.py's settings there (returns.py), on the
-# 51 atoms of [-100, 0] that the returns can reach.
+# C51: its defaults; then for MountainCar-v0 the RL Zoo's DQN settings there (returns.py), on
+# the 51 atoms of [-100, 0] that the returns can reach.
 C51_VARIANTS = [
     (),
-    ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", *returns.DQN_MOUNTAINCAR_FLAGS),
+    ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", *returns.RL_ZOO_MOUNTAINCAR_FLAGS),
     # ... with a quarter of its learning rate (4e-3 is 16 times C51's usual 2.5e-4), and with
     # that on the [-50, 0] that returns discounted by 0.98 reach (atoms 1 apart). Near-uniform
     # initial logits value every state at the support's middle: -50 on [-100, 0], which is
     # what never reaching the flag is worth at gamma 0.98 (no optimism to explore with), -25
     # on [-50, 0], and 0 on [-50, 50] (dqn.py's networks start near 0 too).
-    ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", *MOUNTAINCAR_LR_1E3),
-    ("--n-atoms", "51", "--v-min", "-50", "--v-max", "0", *MOUNTAINCAR_LR_1E3),
-    ("--n-atoms", "51", "--v-min", "-50", "--v-max", "50", *MOUNTAINCAR_LR_1E3),
+    ("--n-atoms", "51", "--v-min", "-100", "--v-max", "0", *returns.DQN_MOUNTAINCAR_FLAGS),
+    ("--n-atoms", "51", "--v-min", "-50", "--v-max", "0", *returns.DQN_MOUNTAINCAR_FLAGS),
+    ("--n-atoms", "51", "--v-min", "-50", "--v-max", "50", *returns.DQN_MOUNTAINCAR_FLAGS),
 ]
 # QR-DQN: its defaults first; then the paper's kappa of 1 (diverged on CartPole-v1, see
 # docs/qr_dqn.md), a larger learning rate, the RL Zoo's 10 quantiles of CartPole-v1, a larger
@@ -106,14 +96,14 @@ QR_DQN_VARIANTS = [
     ("--buffer-size", "100000"),
     ("--gamma", "0.98", "--learning-rate", "4e-3", "--target-network-frequency", "600",
      "--exploration-fraction", "0.2", "--end-e", "0.07"),
-    # MountainCar-v0: dqn.py's settings there (returns.py), with double Q-learning, or with the
-    # paper's kappa of 1 (the returns here stay within [-50, 0], so kappa 10 is nearly the
-    # squared error)
-    (*returns.DQN_MOUNTAINCAR_FLAGS, "--double-q"),
-    (*returns.DQN_MOUNTAINCAR_FLAGS, "--huber-param", "1"),
-    (*returns.DQN_MOUNTAINCAR_FLAGS, "--huber-param", "1", "--double-q"),
+    # MountainCar-v0: the RL Zoo's DQN settings there (returns.py), with double Q-learning, or
+    # with the paper's kappa of 1 (the returns here stay within [-50, 0], so kappa 10 is nearly
+    # the squared error)
+    (*returns.RL_ZOO_MOUNTAINCAR_FLAGS, "--double-q"),
+    (*returns.RL_ZOO_MOUNTAINCAR_FLAGS, "--huber-param", "1"),
+    (*returns.RL_ZOO_MOUNTAINCAR_FLAGS, "--huber-param", "1", "--double-q"),
     # ... and kappa 1 at a quarter of the learning rate, as for c51.py
-    (*MOUNTAINCAR_LR_1E3, "--huber-param", "1"),
+    (*returns.DQN_MOUNTAINCAR_FLAGS, "--huber-param", "1"),
 ]
 # PQN: the defaults of CleanRL's pqn.py (lambda 0.65, epsilon to 0.05 over half of training,
 # lr 2.5e-4); PureJaxQL's gymnax configuration's lambda 0.95 and shorter exploration (0.2), and
@@ -136,7 +126,7 @@ PQN_VARIANTS = [
     # larger rate, and a larger rate still
     ("--q-lambda", "0.95", "--learning-rate", "4e-3", "--num-envs", "128", "--num-steps", "16"),
     ("--q-lambda", "0.95", "--learning-rate", "4e-3", "--num-envs", "256", "--num-steps", "8"),
-    ("--learning-rate", "4e-3",),
+    ("--learning-rate", "4e-3"),
     ("--q-lambda", "0.95", "--learning-rate", "1e-2"),
 ]
 
