@@ -25,6 +25,17 @@ of rank 1 or 2 go through a 64-64 tanh MLP, rank-3 images through a small ReLU C
 From your own code:
     init, train_chunk, train = make_train(Args(env="CartPole-v1"))
     state, metrics = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 8))
+
+Reading guide, top to bottom:
+    Args             the flags and their defaults
+    ActorCritic      the network (Torso: an MLP, or a small CNN for images)
+    a2c_loss         the loss of one sample
+    make_train       one update's outline (update_step), then its stages in order:
+                     collect_rollout, compute_advantages, gradient_step
+    evaluate         greedy evaluation episodes; capture_video renders one
+    COMMAND LINE     the marker below which everything is the command line (devices, run
+                     folder, compilation, logging, saving); copy only what lies above it
+                     into research code
 """
 
 import dataclasses
@@ -35,7 +46,6 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 if __name__ == "__main__":
@@ -43,8 +53,15 @@ if __name__ == "__main__":
     # cores. This must precede JAX's first operation, which `import gymnax` already runs; a
     # program that imports this file keeps the devices it set up.
     os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
+    # Loading a cached program makes jaxlib 0.9.2 log, at error level, that tuning flags of
+    # the compiling CPU (+prefer-no-gather) are not CPU features: harmless, and hidden here.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # --no-compile-cache must reach JAX before its first compilation (at `import gymnax`), where
+    # a JAX_COMPILATION_CACHE_DIR set in the environment would already start the cache.
+    if "--no-compile-cache" in sys.argv:
+        os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     # The imports create millions of long-lived objects that the garbage collector would scan
-    # again and again, and once more at exit; it is paused here and told to skip them below.
+    # again and again: it is paused here and told to skip them below (docs/ppo.md).
     gc.disable()
 
 import equinox as eqx
@@ -56,6 +73,8 @@ import optax
 import rlax
 import tyro
 from tensorboardX import SummaryWriter
+
+ALGO = "a2c"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +111,10 @@ class Args:
     """folder that receives the run folder"""
     track: bool = True
     """write TensorBoard event files, one subfolder per seed"""
+    compile_cache: bool = True
+    """keep compiled programs on disk (JAX's persistent compilation cache, in
+    ~/.cache/single-file-rl/jax or $JAX_COMPILATION_CACHE_DIR), so a rerun of the same
+    configuration does not compile again"""
     save_model: bool = False
     """save the networks of all seeds to model.eqx in the run folder"""
     load_model: str | None = None
@@ -132,14 +155,23 @@ def check_args(args: Args) -> None:
         raise ConfigError("--eval-only needs --load-model PATH")
 
 
+def has_discrete_actions(env_id: str) -> bool:
+    """Whether a registered gymnax id builds, with a discrete action space."""
+    try:
+        env, env_params = gymnax.make(env_id)
+        return hasattr(env.action_space(env_params), "n")
+    except Exception:  # an id that fails to build is not offered
+        return False
+
+
 def make_env(args: Args):
     if args.env not in gymnax.registered_envs:
-        raise ConfigError(f"unknown environment '{args.env}'. Valid ids: "
-                          + ", ".join(gymnax.registered_envs))
+        raise ConfigError(f"unknown environment '{args.env}'. Valid ids (discrete actions): "
+                          + ", ".join(filter(has_discrete_actions, gymnax.registered_envs)))
     env, env_params = gymnax.make(args.env)
     if not hasattr(env.action_space(env_params), "n"):
-        raise ConfigError(f"{args.env} has a continuous action space; a2c.py handles discrete "
-                          "actions only (continuous actions: algos/ppo_continuous.py)")
+        raise ConfigError(f"{args.env} has a continuous action space; {ALGO}.py handles discrete "
+                          "actions only")
     return env, env_params
 
 
@@ -157,10 +189,8 @@ def orthogonal_linear(key, in_features: int, out_features: int, scale: float) ->
 
 class Torso(eqx.Module):
     """64-64 tanh MLP on flattened observations; for images [H, W, C] a 3x3 convolution with 16
-    channels (as in Young & Tian 2019's MinAtar network), then a 256-256 MLP, all ReLU.
-
-    The 256-256 MLP after the conv is what makes PPO learn Breakout-MinAtar: with a single
-    128-unit layer (the MinAtar DQN network) the return stalled near 7 (docs/ppo.md)."""
+    channels (as in Young & Tian 2019's MinAtar network), then a 256-256 MLP, all ReLU (why
+    not their one 128-unit layer: docs/ppo.md, "Why the image network has a 256-256 MLP")."""
 
     conv: eqx.nn.Linear | None  # the 3x3 convolution, as a Linear layer on 3x3 patches
     layers: tuple[eqx.nn.Linear, ...]
@@ -183,12 +213,12 @@ class Torso(eqx.Module):
         return self.layers[-1].out_features
 
     def __call__(self, obs):
+        obs = obs.astype(jnp.float32)  # the one cast: elsewhere obs keep the environment's dtype
         if self.conv is None:
             x, activation = obs.ravel(), jnp.tanh
         else:
-            # A 'valid' 3x3 convolution: the Linear layer applied to every pixel's 3x3 patch.
-            # Written as a matmul because XLA's CPU convolution gradient is about 50x slower
-            # inside a loop (measured: 158 ms against 3 ms for 16 minibatches).
+            # A 'valid' 3x3 convolution: the Linear layer applied to every pixel's 3x3 patch, as
+            # a matmul: XLA's CPU convolution gradient is about 50x slower in a loop (docs/ppo.md).
             h, w = obs.shape[0] - 2, obs.shape[1] - 2
             patches = jnp.concatenate([obs[i:i + h, j:j + w] for i in range(3) for j in range(3)],
                                       axis=-1)  # [H - 2, W - 2, 9 C]
@@ -305,50 +335,64 @@ def make_train(args: Args):
     # PyTorch's RMSprop with alpha 0.99 and eps 1e-5, as Stable-Baselines3's A2C uses it: the
     # square average starts at 0 (initial_scale), eps is added outside the square root
     # (eps_in_sqrt=False), no bias correction, no momentum, not centred.
-    # inject_hyperparams keeps the rate of the last step in the optimiser state, where it is
-    # logged from. flatten: clipping and RMSprop see one flat vector, a few large operations
-    # instead of many small ones per layer (faster on a CPU, and quicker to compile).
-    rmsprop = optax.inject_hyperparams(optax.rmsprop, static_args=("decay", "eps", "initial_scale"))
+    # flatten: clipping and the optimiser see one flat vector, a few large operations instead
+    # of many small ones per layer (faster on a CPU, and quicker to compile).
     optimizer = optax.flatten(optax.chain(
         optax.clip_by_global_norm(args.max_grad_norm),
-        rmsprop(args.learning_rate, decay=0.99, eps=1e-5, initial_scale=0.0, eps_in_sqrt=False,
-                centered=False, momentum=None, bias_correction=False),
+        optax.rmsprop(args.learning_rate, decay=0.99, eps=1e-5, initial_scale=0.0,
+                      eps_in_sqrt=False, centered=False, momentum=None, bias_correction=False),
     ))
 
     def init(key) -> TrainState:
         network_key, reset_key, key = jax.random.split(key, 3)
         network = ActorCritic(network_key, obs_shape, num_actions)
         obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, N), env_params)
-        envs = EnvCarry(env_state, obs.astype(jnp.float32), jnp.zeros(N), jnp.zeros(N, jnp.int32))
-        return TrainState(network, optimizer.init(network), envs, key)
+        envs = EnvCarry(env_state=env_state, obs=obs, episode_return=jnp.zeros(N),
+                        episode_length=jnp.zeros(N, jnp.int32))
+        return TrainState(network=network, opt_state=optimizer.init(network), envs=envs, key=key)
 
-    def env_step(network: ActorCritic, carry: EnvCarry, gumbel, key):
-        """One step of one environment. `gumbel` [A] is drawn before the rollout: the argmax
-        of logits + Gumbel noise is a sample of softmax(logits) (the Gumbel-max trick)."""
+    def update_step(state: TrainState, _):
+        """One update, in outline: collect a rollout, compute its advantages, one gradient step."""
+        key, rollout_key = jax.random.split(state.key)
+        envs, (traj, episode_end) = collect_rollout(state.network, state.envs, rollout_key)
+        batch = jax.vmap(compute_advantages, in_axes=(None, 1, 0), out_axes=1)(
+            state.network, traj, envs.obs)  # [T, N]
+        (network, opt_state), metrics = gradient_step(state.network, state.opt_state, batch)
+
+        # How much of the targets' variance the critic explained before the update (CleanRL).
+        metrics["explained_variance"] = 1 - jnp.var(batch.target - batch.value) / jnp.var(batch.target)
+        metrics["episode_count"] = episode_end.done.sum()
+        metrics["episode_return_sum"] = (episode_end.episode_return * episode_end.done).sum()
+        metrics["episode_length_sum"] = (episode_end.episode_length * episode_end.done).sum()
+        return TrainState(network=network, opt_state=opt_state, envs=envs, key=key), metrics
+
+    def collect_rollout(network: ActorCritic, envs: EnvCarry, key):
+        """T steps of the N environments -> (envs, (transitions [T, N], episode ends [T, N]))."""
+        action_key, step_key = jax.random.split(key)
+        # The keys of every step [T, N], split before the scan.
+        action_keys = jax.random.split(action_key, (T, N))
+        step_keys = jax.random.split(step_key, (T, N))
+        step_all = jax.vmap(env_step, in_axes=(None, 0, 0, 0))
+        return jax.lax.scan(lambda envs, keys: step_all(network, envs, *keys), envs,
+                            (action_keys, step_keys))
+
+    def env_step(network: ActorCritic, carry: EnvCarry, action_key, step_key):
+        """One step of one environment, its action sampled from the policy."""
         logits = network.policy(carry.obs)
-        action = jnp.argmax(logits + gumbel)
+        action = jax.random.categorical(action_key, logits)
         obs, env_state, reward, terminated, truncated, info = env.step(
-            key, carry.env_state, action, env_params)
+            step_key, carry.env_state, action, env_params)
         reward = reward.astype(jnp.float32)
         done = terminated | truncated
         episode_return = carry.episode_return + reward
         episode_length = carry.episode_length + 1
-        transition = Transition(carry.obs, action, reward, terminated, truncated,
-                                info["final_observation"].astype(jnp.float32))
+        transition = Transition(obs=carry.obs, action=action, reward=reward,
+                                terminated=terminated, truncated=truncated,
+                                final_obs=info["final_observation"])
         episode_end = EpisodeEnd(done, episode_return, episode_length)  # counted only where done
-        carry = EnvCarry(env_state, obs.astype(jnp.float32), episode_return * ~done,
-                         episode_length * ~done)
+        carry = EnvCarry(env_state=env_state, obs=obs, episode_return=episode_return * ~done,
+                         episode_length=episode_length * ~done)
         return carry, (transition, episode_end)
-
-    def collect_rollout(network: ActorCritic, envs: EnvCarry, key):
-        """T steps of the N environments -> (envs, transitions [T, N], episode ends [T, N])."""
-        gumbel_key, step_key = jax.random.split(key)
-        # The rollout's randomness is drawn in two calls before the scan, not per step.
-        gumbel = jax.random.gumbel(gumbel_key, (T, N, num_actions))
-        step_keys = jax.random.split(step_key, (T, N))
-        step_all = jax.vmap(env_step, in_axes=(None, 0, 0, 0))
-        return jax.lax.scan(lambda envs, xs: step_all(network, envs, *xs), envs,
-                            (gumbel, step_keys))
 
     def compute_advantages(network: ActorCritic, traj: Transition, last_obs) -> Sample:
         """GAE of one environment's trajectory [T] -> its samples [T]; vmapped over envs."""
@@ -364,11 +408,12 @@ def make_train(args: Args):
         values = jnp.append(value, last_value)  # [T + 1]
         advantage = rlax.truncated_generalized_advantage_estimation(
             r_t, discount_t, args.gae_lambda, values)
-        return Sample(traj.obs, traj.action, value, advantage, advantage + value)
+        return Sample(obs=traj.obs, action=traj.action, value=value,
+                      advantage=advantage, target=advantage + value)
 
     def gradient_step(network: ActorCritic, opt_state, batch: Sample):
-        """One gradient step on the mean loss of the whole batch [T, N] -> (network, opt_state,
-        mean metrics)."""
+        """One gradient step on the mean loss of the whole batch [T, N] -> ((network,
+        opt_state), mean metrics)."""
 
         def batch_loss(network):
             loss_one = jax.vmap(a2c_loss, in_axes=(None, 0, None))  # over environments [N]
@@ -377,30 +422,15 @@ def make_train(args: Args):
 
         grads, metrics = jax.grad(batch_loss, has_aux=True)(network)
         updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(network, updates), opt_state, jax.tree.map(jnp.mean, metrics)
-
-    def update_step(state: TrainState, _):
-        key, rollout_key = jax.random.split(state.key)
-        envs, (traj, episode_end) = collect_rollout(state.network, state.envs, rollout_key)
-        batch = jax.vmap(compute_advantages, in_axes=(None, 1, 0), out_axes=1)(
-            state.network, traj, envs.obs)  # [T, N]
-        network, opt_state, metrics = gradient_step(state.network, state.opt_state, batch)
-
-        metrics["learning_rate"] = optax.tree_utils.tree_get(opt_state, "hyperparams")["learning_rate"]
-        # How much of the targets' variance the critic explained before the update (CleanRL).
-        metrics["explained_variance"] = 1 - jnp.var(batch.target - batch.value) / jnp.var(batch.target)
-        metrics["episode_count"] = episode_end.done.sum()
-        metrics["episode_return_sum"] = (episode_end.episode_return * episode_end.done).sum()
-        metrics["episode_length_sum"] = (episode_end.episode_length * episode_end.done).sum()
-        return TrainState(network, opt_state, envs, key), metrics
+        return (optax.apply_updates(network, updates), opt_state), jax.tree.map(jnp.mean, metrics)
 
     def train_chunk(state: TrainState):
         state, metrics = jax.lax.scan(update_step, state, length=args.updates_per_chunk)
         sums = {k: metrics.pop(k).sum() for k in list(metrics) if k.startswith("episode_")}
-        learning_rate = metrics.pop("learning_rate")[-1]  # the rate of the chunk's last step
-        means = {**jax.tree.map(jnp.mean, metrics), "learning_rate": learning_rate}
+        means = jax.tree.map(jnp.mean, metrics)
         # A loss that went non-finite in any update of the chunk stays visible.
         means["finite"] = jnp.isfinite(metrics["loss"]).all()
+        means["learning_rate"] = jnp.float32(args.learning_rate)  # constant
         return state, {**means, **sums}
 
     def train(key):
@@ -425,10 +455,11 @@ class EvalCarry(NamedTuple):
 def greedy_step(network: ActorCritic, carry: EvalCarry, env, env_params) -> EvalCarry:
     """One step of one environment with the greedy (argmax) action."""
     key, step_key = jax.random.split(carry.key)
-    action = jnp.argmax(network.policy(carry.obs.astype(jnp.float32)))
+    action = jnp.argmax(network.policy(carry.obs))
     obs, env_state, reward, terminated, truncated, _ = env.step(
         step_key, carry.env_state, action, env_params)
-    return EvalCarry(env_state, obs, carry.episode_return + reward, terminated | truncated, key)
+    return EvalCarry(env_state=env_state, obs=obs, episode_return=carry.episode_return + reward,
+                     done=terminated | truncated, key=key)
 
 
 def evaluate(network: ActorCritic, key, env, env_params):
@@ -436,7 +467,8 @@ def evaluate(network: ActorCritic, key, env, env_params):
     vmap, an episode that has ended keeps its carry while the others run on."""
     reset_key, key = jax.random.split(key)
     obs, env_state = env.reset(reset_key, env_params)
-    carry = EvalCarry(env_state, obs, jnp.float32(0), jnp.bool_(False), key)
+    carry = EvalCarry(env_state=env_state, obs=obs, episode_return=jnp.float32(0),
+                      done=jnp.bool_(False), key=key)
     return jax.lax.while_loop(lambda carry: ~carry.done,
                               lambda carry: greedy_step(network, carry, env, env_params),
                               carry).episode_return
@@ -447,15 +479,16 @@ VIDEO_MAX_FRAMES = 200  # classic control renders about 5 frames a second
 
 def greedy_episode(network: ActorCritic, key, env, env_params, num_steps: int):
     """num_steps greedy steps from a reset, recording what a renderer needs -> (gymnax state
-    before each step [num_steps], return after each step [num_steps], done [num_steps])."""
+    before each step [num_steps], carry after each step [num_steps])."""
     reset_key, key = jax.random.split(key)
     obs, env_state = env.reset(reset_key, env_params)
 
     def step(carry: EvalCarry, _):
         next_carry = greedy_step(network, carry, env, env_params)
-        return next_carry, (carry.env_state, next_carry.episode_return, next_carry.done)
+        return next_carry, (carry.env_state, next_carry)
 
-    carry = EvalCarry(env_state, obs, jnp.float32(0), jnp.bool_(False), key)
+    carry = EvalCarry(env_state=env_state, obs=obs, episode_return=jnp.float32(0),
+                      done=jnp.bool_(False), key=key)
     return jax.lax.scan(step, carry, length=num_steps)[1]
 
 
@@ -470,13 +503,13 @@ def capture_video(network: ActorCritic, key, env, env_params, path: str) -> str:
 
     max_steps = getattr(env_params, "max_steps_in_episode", VIDEO_MAX_FRAMES)
     num_steps = min(VIDEO_MAX_FRAMES, max_steps)
-    states, returns, done = jax.jit(
+    states, after = jax.jit(
         lambda network, key: greedy_episode(network, key, env, env_params, num_steps))(network, key)
-    done = np.asarray(done)
+    returns, done = np.asarray(after.episode_return), np.asarray(after.done)
     length = int(np.argmax(done)) + 1 if done.any() else num_steps
     # The renderer wants a list of states; the state after the last step is the next episode's.
     frames = [jax.tree.map(lambda x: x[t], states) for t in range(length)]
-    animation = visualizer.Visualizer(env, env_params, frames, np.asarray(returns)[:length])
+    animation = visualizer.Visualizer(env, env_params, frames, returns[:length])
     animation.init()  # draws nothing, and sets no image, for an environment it cannot render
     if not hasattr(animation, "im"):
         visualizer.plt.close(animation.fig)
@@ -486,15 +519,18 @@ def capture_video(network: ActorCritic, key, env, env_params, path: str) -> str:
     return f"wrote {path}: {length} steps, return {float(returns[length - 1]):.1f} ({ended})"
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line: devices, run folder, compilation, host loop over chunks, evaluation, saving.
+# =============================================================================================
+# COMMAND LINE. Everything above is the algorithm and its evaluation, enough for
+# `jax.jit(jax.vmap(train))(keys)` in your own code; everything below runs it from a shell:
+# devices, run folder, compilation, the host loop over chunks, logging, saving.
+# =============================================================================================
 
 
 def over_seeds(fn, num_seeds: int):
     """fn for one seed -> fn for all seeds (a leading seed axis on every input and output):
-    jax.vmap, except for a single seed, where fn runs on x[0] and the axis is put back. vmap
-    over an axis of size 1 leaves a batch dimension of 1 in every operation, which XLA's CPU
-    backend runs markedly slower (dqn.py, 1 seed, defaults: 60-69k SPS against 83-86k)."""
+    jax.vmap, except for a single seed, where fn runs on x[0] and the axis is put back: vmap
+    over an axis of size 1 keeps a batch dimension of 1 that XLA's CPU backend runs markedly
+    slower (docs/dqn.md)."""
     if num_seeds > 1:
         return jax.vmap(fn)
 
@@ -527,36 +563,37 @@ def compile_ahead(lowered: jax.stages.Lowered, runs_once: bool = False) -> jax.s
     if jax.default_backend() == "cpu":
         # One thread per device: RL's small matrices lose more to thread hand-offs than they gain.
         options["xla_cpu_multi_thread_eigen"] = False
-        # LLVM -O1 runs the training chunk as fast as the default -O3 and compiles it 0.4 s
-        # faster (measured on a 2-core CPU); init and evaluation run once, so -O0.
+        # LLVM -O1 runs the training chunk as fast as the default -O3 and compiles it faster
+        # (docs/ppo.md); init and evaluation run once, so -O0.
         options["xla_backend_optimization_level"] = 0 if runs_once else 1
     return lowered.compile(options)
 
 
-def compile_training(args: Args, env, env_params, sharding, train_keys, eval_keys):
-    """Compile init, the training chunk and evaluation for all seeds, overlapping the work
-    -> (initial state, compiled chunk, Future of compiled evaluation).
+def enable_compilation_cache(enabled: bool) -> None:
+    """JAX's persistent compilation cache: a rerun of the same configuration loads its
+    compiled programs instead of compiling them (figures in docs/ppo.md). The folder is
+    $JAX_COMPILATION_CACHE_DIR when set, else ~/.cache/single-file-rl/jax."""
+    if not enabled:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    if not jax.config.jax_compilation_cache_dir:
+        cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        jax.config.update("jax_compilation_cache_dir",
+                          os.path.join(cache_home, "single-file-rl", "jax"))
+    # Cache every program, also those that compile in under a second (JAX's floor is 1 s).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
-    Tracing holds Python's lock and XLA's compiler uses every core, so: init compiles in a
-    background thread while the main thread traces the chunk, then the chunk compiles alone,
-    and evaluation is traced and compiled in the background while the device trains. Measured
-    on 2 cores, this saves about 0.6 s of an 8.6 s run against compiling one after another;
-    compiling init or evaluation beside the chunk slowed the chunk's compilation by about as
-    much as it saved."""
+
+def compile_training(args: Args, env, env_params, sharding, train_keys, eval_keys):
+    """Compile init, the training chunk and evaluation for all seeds, one after another
+    -> (initial state, compiled chunk, compiled evaluation)."""
     init, train_chunk, _ = make_train(args)
-    init_lowered = jax.jit(over_seeds(init, args.num_seeds),
-                           out_shardings=sharding).lower(train_keys)
-    state_shape = init_lowered.out_info
-    background = ThreadPoolExecutor(1)
-    init_compiling = background.submit(compile_ahead, init_lowered, runs_once=True)
-    chunk_lowered = jax.jit(over_seeds(train_chunk, args.num_seeds), in_shardings=sharding,
-                            out_shardings=sharding).lower(state_shape)
-    state = init_compiling.result()(train_keys)
-    train_chunk_all = compile_ahead(chunk_lowered)
-    evaluate_compiling = background.submit(compile_evaluation, env, env_params, sharding,
-                                           state_shape.network, eval_keys)
-    background.shutdown(wait=False)
-    return state, train_chunk_all, evaluate_compiling
+    init_all = jax.jit(over_seeds(init, args.num_seeds), out_shardings=sharding)
+    state = compile_ahead(init_all.lower(train_keys), runs_once=True)(train_keys)
+    train_chunk_all = jax.jit(over_seeds(train_chunk, args.num_seeds), in_shardings=sharding,
+                              out_shardings=sharding)
+    evaluate_all = compile_evaluation(env, env_params, sharding, state.network, eval_keys)
+    return state, compile_ahead(train_chunk_all.lower(state)), evaluate_all
 
 
 def compile_evaluation(env, env_params, sharding, networks, eval_keys) -> jax.stages.Compiled:
@@ -588,27 +625,27 @@ def load_networks(path: str):
 
 
 def resolve_args(args: Args):
-    """Check the flags and load --load-model -> (args, env, env_params, loaded networks or
-    None). With --eval-only the loaded run's own args describe the network."""
+    """Check the flags and load --load-model -> (args, loaded networks or None). With
+    --eval-only the loaded run's own args describe the network."""
     check_args(args)
-    loaded = None
-    if args.load_model:
-        saved_args, loaded = load_networks(args.load_model)
-        if args.eval_only:
-            args = dataclasses.replace(saved_args, load_model=args.load_model, eval_only=True,
-                                       eval_episodes=args.eval_episodes, seed=args.seed,
-                                       log_dir=args.log_dir, track=args.track,
-                                       capture_video=args.capture_video, save_model=False)
-        elif (saved_args.env, saved_args.num_seeds) != (args.env, args.num_seeds):
-            raise ConfigError(f"{args.load_model} holds {saved_args.num_seeds} seeds of "
-                              f"{saved_args.env}; pass --env {saved_args.env} "
-                              f"--num-seeds {saved_args.num_seeds}")
-    env, env_params = make_env(args)
-    return args, env, env_params, loaded
+    if not args.load_model:
+        return args, None
+    saved_args, loaded = load_networks(args.load_model)
+    if args.eval_only:
+        args = dataclasses.replace(saved_args, load_model=args.load_model, eval_only=True,
+                                   eval_episodes=args.eval_episodes, seed=args.seed,
+                                   log_dir=args.log_dir, track=args.track,
+                                   compile_cache=args.compile_cache,
+                                   capture_video=args.capture_video, save_model=False)
+    elif (saved_args.env, saved_args.num_seeds) != (args.env, args.num_seeds):
+        raise ConfigError(f"{args.load_model} holds {saved_args.num_seeds} seeds of "
+                          f"{saved_args.env}; pass --env {saved_args.env} "
+                          f"--num-seeds {saved_args.num_seeds}")
+    return args, loaded
 
 
 def make_run_dir(args: Args) -> str:
-    run_dir = os.path.join(args.log_dir, f"{args.env}__a2c__{args.seed}__{int(time.time())}")
+    run_dir = os.path.join(args.log_dir, f"{args.env}__{ALGO}__{args.seed}__{int(time.time())}")
     while os.path.exists(run_dir):  # a run of the same env and seed started in the same second
         run_dir += "_"
     os.makedirs(run_dir)
@@ -664,7 +701,7 @@ def train_chunks(args: Args, state: TrainState, train_chunk_all, writers) -> Tra
             seed = int(np.flatnonzero(~metrics["finite"])[0])
             error = (f"non-finite loss between steps {steps} and {steps + steps_per_chunk} "
                      f"in seed {seed}")
-            print(f"a2c.py: error: {error}; stopping, keeping the model of the last finite "
+            print(f"{ALGO}.py: error: {error}; stopping, keeping the model of the last finite "
                   "chunk", file=sys.stderr)
             break
         state, steps = new_state, steps + steps_per_chunk
@@ -672,22 +709,26 @@ def train_chunks(args: Args, state: TrainState, train_chunk_all, writers) -> Tra
         mean_return = log_chunk(writers, metrics, steps, sps)
         train_returns = [r if np.isfinite(r) else old for r, old in zip(mean_return, train_returns)]
         finished = mean_return[np.isfinite(mean_return)]
-        returns = (f"{finished.mean():8.1f} ± {finished.std():6.1f}" if finished.size
-                   else "   (no episode ended)")
+        returns = f"{finished.mean():8.1f}" if finished.size else "   (no episode ended)"
+        if finished.size and args.num_seeds > 1:
+            returns += f" ± {finished.std():6.1f}"
         print(f"step {steps:>10,} | SPS {sps:>10,.0f} | return {returns}", flush=True)
         if interrupted:
             print("interrupted: stopping after this chunk", file=sys.stderr)
             break
     signal.signal(signal.SIGINT, previous_handler)
-    return TrainingResult(state, steps, train_seconds, train_returns, error, bool(interrupted))
+    return TrainingResult(state=state, steps=steps, train_seconds=train_seconds,
+                          train_returns=train_returns, error=error, interrupted=bool(interrupted))
 
 
 def main(args: Args) -> None:
     wall_start = time.perf_counter()
     try:
-        args, env, env_params, loaded = resolve_args(args)
+        args, loaded = resolve_args(args)
+        env, env_params = make_env(args)
     except ConfigError as error:
-        sys.exit(f"a2c.py: error: {error}")
+        sys.exit(f"{ALGO}.py: error: {error}")
+    enable_compilation_cache(args.compile_cache)
 
     # Set up: run folder, writers, keys, the sharding of the seed axis over the devices.
     run_dir = make_run_dir(args)
@@ -696,8 +737,13 @@ def main(args: Args) -> None:
     sharding = seed_sharding(args.num_seeds)
     train_keys, eval_keys, video_key = seed_keys(args.seed, args.num_seeds, args.eval_episodes)
     train_keys, eval_keys = jax.device_put((train_keys, eval_keys), sharding)
-    summary = {"algo": "a2c", "env": args.env, "args": dataclasses.asdict(args), "run_dir": run_dir,
+    summary = {"algo": ALGO, "env": args.env, "args": dataclasses.asdict(args), "run_dir": run_dir,
                "devices": sharding.mesh.size}
+    num_timesteps = args.num_chunks * args.updates_per_chunk * args.batch_size  # per seed
+    if num_timesteps != args.total_timesteps and not args.eval_only:
+        print(f"note: --total-timesteps {args.total_timesteps:,} runs {num_timesteps:,} steps per "
+              f"seed ({args.num_chunks} chunks of {args.updates_per_chunk} updates of "
+              f"{args.batch_size} steps)")
 
     # Compile, and train chunk by chunk.
     compile_start = time.perf_counter()
@@ -705,18 +751,16 @@ def main(args: Args) -> None:
         network = jax.device_put(loaded, sharding)
         evaluate_all = compile_evaluation(env, env_params, sharding, network, eval_keys)
         compile_seconds = time.perf_counter() - compile_start
-        result = TrainingResult(None, 0, 0.0, [None] * args.num_seeds, None, False)
+        result = TrainingResult(state=None, steps=0, train_seconds=0.0,
+                                train_returns=[None] * args.num_seeds, error=None, interrupted=False)
     else:
-        state, train_chunk_all, evaluate_compiling = compile_training(
+        state, train_chunk_all, evaluate_all = compile_training(
             args, env, env_params, sharding, train_keys, eval_keys)
         if loaded is not None:
             state = state._replace(network=jax.device_put(loaded, sharding))
         compile_seconds = time.perf_counter() - compile_start
         result = train_chunks(args, state, train_chunk_all, writers)
         network = result.state.network
-        wait_start = time.perf_counter()
-        evaluate_all = evaluate_compiling.result()
-        compile_seconds += time.perf_counter() - wait_start
 
     # Evaluate: greedy episodes of every seed, and with --capture-video one of them rendered.
     eval_returns = np.asarray(evaluate_all(network, eval_keys)).mean(axis=1)  # [S]
@@ -726,7 +770,7 @@ def main(args: Args) -> None:
             print(capture_video(seed_0, video_key, env, env_params,
                                 os.path.join(run_dir, "episode.gif")))
         except ConfigError as error:
-            print(f"a2c.py: --capture-video: {error}", file=sys.stderr)
+            print(f"{ALGO}.py: --capture-video: {error}", file=sys.stderr)
 
     # Save: events, model, summary.
     sps = result.steps * args.num_seeds / result.train_seconds if result.steps else 0.0
@@ -742,14 +786,15 @@ def main(args: Args) -> None:
         eqx.tree_serialise_leaves(os.path.join(run_dir, "model.eqx"), network)
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(f"eval return {eval_returns.mean():.1f} ± {eval_returns.std():.1f} "
-          f"({args.eval_episodes} greedy episodes x {args.num_seeds} seeds) | SPS {sps:,.0f} | "
-          f"compile {compile_seconds:.1f} s | wall {summary['wall_seconds']:.1f} s | {run_dir}")
+    spread = f" ± {eval_returns.std():.1f}" if args.num_seeds > 1 else ""
+    seeds = f" x {args.num_seeds} seeds" if args.num_seeds > 1 else ""
+    print(f"eval return {eval_returns.mean():.1f}{spread} ({args.eval_episodes} greedy episodes"
+          f"{seeds}) | SPS {sps:,.0f} | compile {compile_seconds:.1f} s | "
+          f"wall {summary['wall_seconds']:.1f} s | {run_dir}")
     sys.exit(1 if result.error else 130 if result.interrupted else 0)
 
 
 if __name__ == "__main__":
-    # Measured on 2 cores: 0.3 s faster imports, 0.6 s faster exit, of an 8 s run.
     gc.freeze()
     gc.enable()
     main(tyro.cli(Args))

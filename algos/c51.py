@@ -31,6 +31,18 @@ through a small ReLU CNN.
 From your own code:
     init, train_chunk, train = make_train(Args(env="CartPole-v1"))
     state, metrics = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 8))
+
+Reading guide, top to bottom:
+    Args             the flags and their defaults
+    QNetwork         the network (Torso: an MLP, or a small CNN for images)
+    c51_loss         the loss of one transition
+    ReplayBuffer     the replay buffer: buffer_init, buffer_add, buffer_sample
+    make_train       one update's outline (update_step), then its stages in order:
+                     collect_rollout with env_step, learn/skip_learning with gradient_step
+    evaluate         greedy evaluation episodes; capture_video renders one
+    COMMAND LINE     the marker below which everything is the command line (devices, run
+                     folder, compilation, logging, saving); copy only what lies above it
+                     into research code
 """
 
 import dataclasses
@@ -41,7 +53,6 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 if __name__ == "__main__":
@@ -49,8 +60,15 @@ if __name__ == "__main__":
     # cores. This must precede JAX's first operation, which `import gymnax` already runs; a
     # program that imports this file keeps the devices it set up.
     os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
+    # Loading a cached program makes jaxlib 0.9.2 log, at error level, that tuning flags of
+    # the compiling CPU (+prefer-no-gather) are not CPU features: harmless, and hidden here.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # --no-compile-cache must reach JAX before its first compilation (at `import gymnax`), where
+    # a JAX_COMPILATION_CACHE_DIR set in the environment would already start the cache.
+    if "--no-compile-cache" in sys.argv:
+        os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     # The imports create millions of long-lived objects that the garbage collector would scan
-    # again and again, and once more at exit; it is paused here and told to skip them below.
+    # again and again: it is paused here and told to skip them below (docs/ppo.md).
     gc.disable()
 
 import equinox as eqx
@@ -62,6 +80,8 @@ import optax
 import rlax
 import tyro
 from tensorboardX import SummaryWriter
+
+ALGO = "c51"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +109,7 @@ class Args:
     gives its distribution"""
     n_atoms: int = 51
     """atoms of the categorical return distribution of each action (the paper's 51; CleanRL's
-    101 make each gradient step 3.4x slower: rlax's projection grows with the atoms squared)"""
+    101 cost more per gradient step: rlax's projection grows with the atoms squared)"""
     v_min: float = -100.0
     """smallest atom: returns below it are counted as it"""
     v_max: float = 100.0
@@ -118,6 +138,10 @@ class Args:
     """folder that receives the run folder"""
     track: bool = True
     """write TensorBoard event files, one subfolder per seed"""
+    compile_cache: bool = True
+    """keep compiled programs on disk (JAX's persistent compilation cache, in
+    ~/.cache/single-file-rl/jax or $JAX_COMPILATION_CACHE_DIR), so a rerun of the same
+    configuration does not compile again"""
     save_model: bool = False
     """save the networks of all seeds to model.eqx in the run folder"""
     load_model: str | None = None
@@ -200,14 +224,23 @@ def check_args(args: Args) -> None:
         raise ConfigError("--eval-only needs --load-model PATH")
 
 
+def has_discrete_actions(env_id: str) -> bool:
+    """Whether a registered gymnax id builds, with a discrete action space."""
+    try:
+        env, env_params = gymnax.make(env_id)
+        return hasattr(env.action_space(env_params), "n")
+    except Exception:  # an id that fails to build is not offered
+        return False
+
+
 def make_env(args: Args):
     if args.env not in gymnax.registered_envs:
-        raise ConfigError(f"unknown environment '{args.env}'. Valid ids: "
-                          + ", ".join(gymnax.registered_envs))
+        raise ConfigError(f"unknown environment '{args.env}'. Valid ids (discrete actions): "
+                          + ", ".join(filter(has_discrete_actions, gymnax.registered_envs)))
     env, env_params = gymnax.make(args.env)
     if not hasattr(env.action_space(env_params), "n"):
-        raise ConfigError(f"{args.env} has a continuous action space; c51.py handles discrete "
-                          "actions only (continuous actions: algos/sac.py or algos/td3.py)")
+        raise ConfigError(f"{args.env} has a continuous action space; {ALGO}.py handles discrete "
+                          "actions only")
     return env, env_params
 
 
@@ -217,9 +250,7 @@ def make_env(args: Args):
 
 def lecun_linear(key, in_features: int, out_features: int) -> eqx.nn.Linear:
     """A Linear layer with LeCun-normal weights (variance 1 / in_features) and zero biases:
-    flax's default, so the init of CleanRL's dqn_jax.py and PureJaxRL's dqn.py. Measured on
-    CartPole-v1 (8 seeds, 500k steps): 500.0 ± 0.0, against 481 ± 47 with ppo.py's orthogonal
-    init of gain sqrt(2) and 431 ± 105 with gain 1 (for this file: docs/c51.md)."""
+    flax's default, so CleanRL's and PureJaxRL's; against orthogonal init: docs/dqn.md."""
     # Shapes only: eval_shape builds the layer without running its default random init.
     layer = eqx.filter_eval_shape(eqx.nn.Linear, in_features, out_features, key=jax.random.key(0))
     weight = jax.nn.initializers.lecun_normal(in_axis=1, out_axis=0)(key, (out_features, in_features))
@@ -254,9 +285,8 @@ class Torso(eqx.Module):
         if self.conv is None:
             x = obs.ravel()
         else:
-            # A 'valid' 3x3 convolution: the Linear layer applied to every pixel's 3x3 patch.
-            # Written as a matmul because XLA's CPU convolution gradient is about 50x slower
-            # inside a loop (measured for ppo.py: 158 ms against 3 ms for 16 minibatches).
+            # A 'valid' 3x3 convolution: the Linear layer applied to every pixel's 3x3 patch, as
+            # a matmul: XLA's CPU convolution gradient is about 50x slower in a loop (docs/ppo.md).
             h, w = obs.shape[0] - 2, obs.shape[1] - 2
             patches = jnp.concatenate([obs[i:i + h, j:j + w] for i in range(3) for j in range(3)],
                                       axis=-1)  # [H - 2, W - 2, 9 C]
@@ -435,13 +465,11 @@ def make_train(args: Args):
     for the whole run. vmap them over keys for several seeds."""
     check_args(args)
     env, env_params = make_env(args)
-    obs_shape = env.observation_space(env_params).shape
-    num_actions = env.action_space(env_params).n
+    obs_shape, num_actions = env.observation_space(env_params).shape, env.action_space(env_params).n
     T, N = args.num_steps, args.num_envs
     # Epsilon as a function of the environment steps taken (CleanRL's linear schedule).
     epsilon_schedule = optax.linear_schedule(args.start_e, args.end_e, args.exploration_steps)
-    # flatten: Adam sees one flat vector, a few large operations instead of many small ones
-    # per layer (faster on a CPU, and quicker to compile).
+    # flatten: Adam sees one flat vector, a few large operations instead of many small ones.
     # eps 0.01 / batch_size as CleanRL's c51_jax.py (from Dopamine's C51: 0.0003125 with
     # batches of 32), whose returns docs/c51.md compares with; optax's default is 1e-8.
     optimizer = optax.flatten(optax.adam(args.learning_rate, eps=0.01 / args.batch_size))
@@ -451,30 +479,37 @@ def make_train(args: Args):
         network = QNetwork(network_key, obs_shape, num_actions, args.n_atoms, args.v_min,
                            args.v_max)
         obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, N), env_params)
-        envs = EnvCarry(env_state, obs, jnp.zeros(N), jnp.zeros(N, jnp.int32))
-        one = Transition(obs[0], jnp.int32(0), jnp.float32(0), jnp.float32(0), obs[0])
-        learner = Learner(network, network, optimizer.init(network), jnp.int32(0))
-        return TrainState(learner, buffer_init(one, N, args.buffer_rows), envs, jnp.int32(0), key)
+        envs = EnvCarry(env_state=env_state, obs=obs, episode_return=jnp.zeros(N),
+                        episode_length=jnp.zeros(N, jnp.int32))
+        one = Transition(obs=obs[0], action=jnp.int32(0), reward=jnp.float32(0),
+                         terminated=jnp.float32(0), next_obs=obs[0])
+        learner = Learner(network=network, target_network=network,
+                          opt_state=optimizer.init(network), gradient_steps=jnp.int32(0))
+        return TrainState(learner=learner, buffer=buffer_init(one, N, args.buffer_rows),
+                          envs=envs, env_steps=jnp.int32(0), key=key)
 
-    def env_step(network: QNetwork, carry: EnvCarry, explore, random_action, key):
-        """One epsilon-greedy step of one environment. `explore` (a coin of probability
-        epsilon) and `random_action` are drawn before the rollout."""
-        action = jnp.where(explore, random_action, jnp.argmax(network.q_values(carry.obs)))
-        obs, env_state, reward, terminated, truncated, info = env.step(
-            key, carry.env_state, action, env_params)
-        reward = reward.astype(jnp.float32)
-        done = terminated | truncated
-        episode_return = carry.episode_return + reward
-        episode_length = carry.episode_length + 1
-        transition = Transition(carry.obs, action, reward, terminated.astype(jnp.float32),
-                                info["final_observation"])
-        episode_end = EpisodeEnd(done, episode_return, episode_length)  # counted only where done
-        carry = EnvCarry(env_state, obs, episode_return * ~done, episode_length * ~done)
-        return carry, (transition, episode_end)
+    def update_step(state: TrainState, _):
+        """One update, in outline: collect_rollout into the buffer, then learn or skip_learning."""
+        key, rollout_key, learn_key = jax.random.split(state.key, 3)
+        epsilon = epsilon_schedule(state.env_steps + N * jnp.arange(T))  # [T]
+        (envs, buffer), episode_end = collect_rollout(state.network, state.envs, state.buffer,
+                                                      epsilon, rollout_key)
+        env_steps = state.env_steps + T * N
+        learning = env_steps >= args.learning_starts
+        learner, metrics = jax.lax.cond(learning, learn, skip_learning, state.learner, buffer,
+                                        learn_key)
+
+        metrics["learning"] = learning
+        metrics["epsilon"] = epsilon[-1]
+        metrics["episode_count"] = episode_end.done.sum()
+        metrics["episode_return_sum"] = (episode_end.episode_return * episode_end.done).sum()
+        metrics["episode_length_sum"] = (episode_end.episode_length * episode_end.done).sum()
+        return TrainState(learner=learner, buffer=buffer, envs=envs, env_steps=env_steps,
+                          key=key), metrics
 
     def collect_rollout(network: QNetwork, envs: EnvCarry, buffer: ReplayBuffer, epsilon, key):
         """T epsilon-greedy steps of the N environments (epsilon [T]: of each step), each
-        step written to the buffer -> (envs, buffer, episode ends [T, N])."""
+        step written to the buffer -> ((envs, buffer), episode ends [T, N])."""
         explore_key, action_key, step_key = jax.random.split(key, 3)
         # The rollout's randomness, drawn before the scan.
         explore = jax.random.uniform(explore_key, (T, N)) < epsilon[:, None]
@@ -487,9 +522,39 @@ def make_train(args: Args):
             envs, (transition, episode_end) = step_all(network, envs, *xs)
             return (envs, buffer_add(buffer, transition)), episode_end
 
-        (envs, buffer), episode_end = jax.lax.scan(step, (envs, buffer),
-                                                   (explore, random_action, step_keys))
-        return envs, buffer, episode_end
+        return jax.lax.scan(step, (envs, buffer), (explore, random_action, step_keys))
+
+    def env_step(network: QNetwork, carry: EnvCarry, explore, random_action, key):
+        """One epsilon-greedy step of one environment. `explore` (a coin of probability
+        epsilon) and `random_action` are drawn before the rollout."""
+        action = jnp.where(explore, random_action, jnp.argmax(network.q_values(carry.obs)))
+        obs, env_state, reward, terminated, truncated, info = env.step(
+            key, carry.env_state, action, env_params)
+        reward = reward.astype(jnp.float32)
+        done = terminated | truncated
+        episode_return = carry.episode_return + reward
+        episode_length = carry.episode_length + 1
+        transition = Transition(obs=carry.obs, action=action, reward=reward,
+                                terminated=terminated.astype(jnp.float32),
+                                next_obs=info["final_observation"])
+        episode_end = EpisodeEnd(done, episode_return, episode_length)  # counted only where done
+        carry = EnvCarry(env_state=env_state, obs=obs, episode_return=episode_return * ~done,
+                         episode_length=episode_length * ~done)
+        return carry, (transition, episode_end)
+
+    def learn(learner: Learner, buffer: ReplayBuffer, key):
+        """gradient_steps_per_update gradient steps, each on its own uniform minibatch."""
+
+        def step(learner, key):
+            return gradient_step(learner, buffer_sample(buffer, key, args.batch_size))
+
+        learner, metrics = jax.lax.scan(step, learner,
+                                        jax.random.split(key, args.gradient_steps_per_update))
+        return learner, jax.tree.map(jnp.mean, metrics)
+
+    def skip_learning(learner: Learner, buffer: ReplayBuffer, key):
+        """Before learning_starts: the learner as it is, and metrics of the same shape."""
+        return learner, {"loss": jnp.float32(0), "q_values": jnp.float32(0)}
 
     def gradient_step(learner: Learner, batch: Transition):
         """One gradient step on the mean loss of a minibatch [B], then the target update."""
@@ -507,39 +572,8 @@ def make_train(args: Args):
         target_network = optax.periodic_update(
             optax.incremental_update(network, learner.target_network, args.tau),
             learner.target_network, gradient_steps, args.target_period)
-        return Learner(network, target_network, opt_state, gradient_steps), jax.tree.map(
-            jnp.mean, metrics)
-
-    def learn(learner: Learner, buffer: ReplayBuffer, key):
-        """gradient_steps_per_update gradient steps, each on its own uniform minibatch."""
-
-        def step(learner, key):
-            return gradient_step(learner, buffer_sample(buffer, key, args.batch_size))
-
-        learner, metrics = jax.lax.scan(step, learner,
-                                        jax.random.split(key, args.gradient_steps_per_update))
-        return learner, jax.tree.map(jnp.mean, metrics)
-
-    def skip_learning(learner: Learner, buffer: ReplayBuffer, key):
-        """Before learning_starts: the learner as it is, and metrics of the same shape."""
-        return learner, {"loss": jnp.float32(0), "q_values": jnp.float32(0)}
-
-    def update_step(state: TrainState, _):
-        key, rollout_key, learn_key = jax.random.split(state.key, 3)
-        epsilon = epsilon_schedule(state.env_steps + N * jnp.arange(T))  # [T]
-        envs, buffer, episode_end = collect_rollout(state.network, state.envs, state.buffer,
-                                                    epsilon, rollout_key)
-        env_steps = state.env_steps + T * N
-        learning = env_steps >= args.learning_starts
-        learner, metrics = jax.lax.cond(learning, learn, skip_learning, state.learner, buffer,
-                                        learn_key)
-
-        metrics["learning"] = learning
-        metrics["epsilon"] = epsilon[-1]
-        metrics["episode_count"] = episode_end.done.sum()
-        metrics["episode_return_sum"] = (episode_end.episode_return * episode_end.done).sum()
-        metrics["episode_length_sum"] = (episode_end.episode_length * episode_end.done).sum()
-        return TrainState(learner, buffer, envs, env_steps, key), metrics
+        return Learner(network=network, target_network=target_network, opt_state=opt_state,
+                       gradient_steps=gradient_steps), jax.tree.map(jnp.mean, metrics)
 
     def train_chunk(state: TrainState):
         state, metrics = jax.lax.scan(update_step, state, length=args.updates_per_chunk)
@@ -577,7 +611,8 @@ def greedy_step(network: QNetwork, carry: EvalCarry, env, env_params) -> EvalCar
     action = jnp.argmax(network.q_values(carry.obs))
     obs, env_state, reward, terminated, truncated, _ = env.step(
         step_key, carry.env_state, action, env_params)
-    return EvalCarry(env_state, obs, carry.episode_return + reward, terminated | truncated, key)
+    return EvalCarry(env_state=env_state, obs=obs, episode_return=carry.episode_return + reward,
+                     done=terminated | truncated, key=key)
 
 
 def evaluate(network: QNetwork, key, env, env_params):
@@ -585,7 +620,8 @@ def evaluate(network: QNetwork, key, env, env_params):
     vmap, an episode that has ended keeps its carry while the others run on."""
     reset_key, key = jax.random.split(key)
     obs, env_state = env.reset(reset_key, env_params)
-    carry = EvalCarry(env_state, obs, jnp.float32(0), jnp.bool_(False), key)
+    carry = EvalCarry(env_state=env_state, obs=obs, episode_return=jnp.float32(0),
+                      done=jnp.bool_(False), key=key)
     return jax.lax.while_loop(lambda carry: ~carry.done,
                               lambda carry: greedy_step(network, carry, env, env_params),
                               carry).episode_return
@@ -596,15 +632,16 @@ VIDEO_MAX_FRAMES = 200  # classic control renders about 5 frames a second
 
 def greedy_episode(network: QNetwork, key, env, env_params, num_steps: int):
     """num_steps greedy steps from a reset, recording what a renderer needs -> (gymnax state
-    before each step [num_steps], return after each step [num_steps], done [num_steps])."""
+    before each step [num_steps], carry after each step [num_steps])."""
     reset_key, key = jax.random.split(key)
     obs, env_state = env.reset(reset_key, env_params)
 
     def step(carry: EvalCarry, _):
         next_carry = greedy_step(network, carry, env, env_params)
-        return next_carry, (carry.env_state, next_carry.episode_return, next_carry.done)
+        return next_carry, (carry.env_state, next_carry)
 
-    carry = EvalCarry(env_state, obs, jnp.float32(0), jnp.bool_(False), key)
+    carry = EvalCarry(env_state=env_state, obs=obs, episode_return=jnp.float32(0),
+                      done=jnp.bool_(False), key=key)
     return jax.lax.scan(step, carry, length=num_steps)[1]
 
 
@@ -619,13 +656,13 @@ def capture_video(network: QNetwork, key, env, env_params, path: str) -> str:
 
     max_steps = getattr(env_params, "max_steps_in_episode", VIDEO_MAX_FRAMES)
     num_steps = min(VIDEO_MAX_FRAMES, max_steps)
-    states, returns, done = jax.jit(
+    states, after = jax.jit(
         lambda network, key: greedy_episode(network, key, env, env_params, num_steps))(network, key)
-    done = np.asarray(done)
+    returns, done = np.asarray(after.episode_return), np.asarray(after.done)
     length = int(np.argmax(done)) + 1 if done.any() else num_steps
     # The renderer wants a list of states; the state after the last step is the next episode's.
     frames = [jax.tree.map(lambda x: x[t], states) for t in range(length)]
-    animation = visualizer.Visualizer(env, env_params, frames, np.asarray(returns)[:length])
+    animation = visualizer.Visualizer(env, env_params, frames, returns[:length])
     animation.init()  # draws nothing, and sets no image, for an environment it cannot render
     if not hasattr(animation, "im"):
         visualizer.plt.close(animation.fig)
@@ -635,15 +672,18 @@ def capture_video(network: QNetwork, key, env, env_params, path: str) -> str:
     return f"wrote {path}: {length} steps, return {float(returns[length - 1]):.1f} ({ended})"
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line: devices, run folder, compilation, host loop over chunks, evaluation, saving.
+# =============================================================================================
+# COMMAND LINE. Everything above is the algorithm and its evaluation, enough for
+# `jax.jit(jax.vmap(train))(keys)` in your own code; everything below runs it from a shell:
+# devices, run folder, compilation, the host loop over chunks, logging, saving.
+# =============================================================================================
 
 
 def over_seeds(fn, num_seeds: int):
     """fn for one seed -> fn for all seeds (a leading seed axis on every input and output):
-    jax.vmap, except for a single seed, where fn runs on x[0] and the axis is put back. vmap
-    over an axis of size 1 leaves a batch dimension of 1 in every operation, which XLA's CPU
-    backend runs markedly slower (dqn.py, 1 seed, defaults: 60-69k SPS against 83-86k)."""
+    jax.vmap, except for a single seed, where fn runs on x[0] and the axis is put back: vmap
+    over an axis of size 1 keeps a batch dimension of 1 that XLA's CPU backend runs markedly
+    slower (docs/dqn.md)."""
     if num_seeds > 1:
         return jax.vmap(fn)
 
@@ -676,36 +716,37 @@ def compile_ahead(lowered: jax.stages.Lowered, runs_once: bool = False) -> jax.s
     if jax.default_backend() == "cpu":
         # One thread per device: RL's small matrices lose more to thread hand-offs than they gain.
         options["xla_cpu_multi_thread_eigen"] = False
-        # LLVM -O1 runs the training chunk as fast as the default -O3 and compiles it 0.4 s
-        # faster (measured on a 2-core CPU); init and evaluation run once, so -O0.
+        # LLVM -O1 runs the training chunk as fast as the default -O3 and compiles it faster
+        # (docs/ppo.md); init and evaluation run once, so -O0.
         options["xla_backend_optimization_level"] = 0 if runs_once else 1
     return lowered.compile(options)
 
 
-def compile_training(args: Args, env, env_params, sharding, train_keys, eval_keys):
-    """Compile init, the training chunk and evaluation for all seeds, overlapping the work
-    -> (initial state, compiled chunk, Future of compiled evaluation).
+def enable_compilation_cache(enabled: bool) -> None:
+    """JAX's persistent compilation cache: a rerun of the same configuration loads its
+    compiled programs instead of compiling them (figures in docs/dqn.md). The folder is
+    $JAX_COMPILATION_CACHE_DIR when set, else ~/.cache/single-file-rl/jax."""
+    if not enabled:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    if not jax.config.jax_compilation_cache_dir:
+        cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        jax.config.update("jax_compilation_cache_dir",
+                          os.path.join(cache_home, "single-file-rl", "jax"))
+    # Cache every program, also those that compile in under a second (JAX's floor is 1 s).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
-    Tracing holds Python's lock and XLA's compiler uses every core, so: init compiles in a
-    background thread while the main thread traces the chunk, then the chunk compiles alone,
-    and evaluation is traced and compiled in the background while the device trains. Measured
-    on 2 cores, this saves about 0.6 s of an 8.6 s run against compiling one after another;
-    compiling init or evaluation beside the chunk slowed the chunk's compilation by about as
-    much as it saved."""
+
+def compile_training(args: Args, env, env_params, sharding, train_keys, eval_keys):
+    """Compile init, the training chunk and evaluation for all seeds, one after another
+    -> (initial state, compiled chunk, compiled evaluation)."""
     init, train_chunk, _ = make_train(args)
-    init_lowered = jax.jit(over_seeds(init, args.num_seeds),
-                           out_shardings=sharding).lower(train_keys)
-    state_shape = init_lowered.out_info
-    background = ThreadPoolExecutor(1)
-    init_compiling = background.submit(compile_ahead, init_lowered, runs_once=True)
-    chunk_lowered = jax.jit(over_seeds(train_chunk, args.num_seeds), in_shardings=sharding,
-                            out_shardings=sharding).lower(state_shape)
-    state = init_compiling.result()(train_keys)
-    train_chunk_all = compile_ahead(chunk_lowered)
-    evaluate_compiling = background.submit(compile_evaluation, env, env_params, sharding,
-                                           state_shape.network, eval_keys)
-    background.shutdown(wait=False)
-    return state, train_chunk_all, evaluate_compiling
+    init_all = jax.jit(over_seeds(init, args.num_seeds), out_shardings=sharding)
+    state = compile_ahead(init_all.lower(train_keys), runs_once=True)(train_keys)
+    train_chunk_all = jax.jit(over_seeds(train_chunk, args.num_seeds), in_shardings=sharding,
+                              out_shardings=sharding)
+    evaluate_all = compile_evaluation(env, env_params, sharding, state.network, eval_keys)
+    return state, compile_ahead(train_chunk_all.lower(state)), evaluate_all
 
 
 def compile_evaluation(env, env_params, sharding, networks, eval_keys) -> jax.stages.Compiled:
@@ -743,31 +784,31 @@ def support(args: Args) -> tuple:
 
 
 def resolve_args(args: Args):
-    """Check the flags and load --load-model -> (args, env, env_params, loaded networks or
-    None). With --eval-only the loaded run's own args describe the network."""
+    """Check the flags and load --load-model -> (args, loaded networks or None). With
+    --eval-only the loaded run's own args describe the network."""
     check_args(args)
-    loaded = None
-    if args.load_model:
-        saved_args, loaded = load_networks(args.load_model)
-        if args.eval_only:
-            args = dataclasses.replace(saved_args, load_model=args.load_model, eval_only=True,
-                                       eval_episodes=args.eval_episodes, seed=args.seed,
-                                       log_dir=args.log_dir, track=args.track,
-                                       capture_video=args.capture_video, save_model=False)
-        elif (saved_args.env, saved_args.num_seeds) != (args.env, args.num_seeds):
-            raise ConfigError(f"{args.load_model} holds {saved_args.num_seeds} seeds of "
-                              f"{saved_args.env}; pass --env {saved_args.env} "
-                              f"--num-seeds {saved_args.num_seeds}")
-        elif support(saved_args) != support(args):
-            raise ConfigError(f"{args.load_model} has the support {support(saved_args)}; pass "
-                              f"--n-atoms {saved_args.n_atoms} --v-min {saved_args.v_min} "
-                              f"--v-max {saved_args.v_max}")
-    env, env_params = make_env(args)
-    return args, env, env_params, loaded
+    if not args.load_model:
+        return args, None
+    saved_args, loaded = load_networks(args.load_model)
+    if args.eval_only:
+        args = dataclasses.replace(saved_args, load_model=args.load_model, eval_only=True,
+                                   eval_episodes=args.eval_episodes, seed=args.seed,
+                                   log_dir=args.log_dir, track=args.track,
+                                   compile_cache=args.compile_cache,
+                                   capture_video=args.capture_video, save_model=False)
+    elif (saved_args.env, saved_args.num_seeds) != (args.env, args.num_seeds):
+        raise ConfigError(f"{args.load_model} holds {saved_args.num_seeds} seeds of "
+                          f"{saved_args.env}; pass --env {saved_args.env} "
+                          f"--num-seeds {saved_args.num_seeds}")
+    elif support(saved_args) != support(args):
+        raise ConfigError(f"{args.load_model} has the support {support(saved_args)}; pass "
+                          f"--n-atoms {saved_args.n_atoms} --v-min {saved_args.v_min} "
+                          f"--v-max {saved_args.v_max}")
+    return args, loaded
 
 
 def make_run_dir(args: Args) -> str:
-    run_dir = os.path.join(args.log_dir, f"{args.env}__c51__{args.seed}__{int(time.time())}")
+    run_dir = os.path.join(args.log_dir, f"{args.env}__{ALGO}__{args.seed}__{int(time.time())}")
     while os.path.exists(run_dir):  # a run of the same env and seed started in the same second
         run_dir += "_"
     os.makedirs(run_dir)
@@ -825,7 +866,7 @@ def train_chunks(args: Args, state: TrainState, train_chunk_all, writers) -> Tra
             seed = int(np.flatnonzero(~metrics["finite"])[0])
             error = (f"non-finite loss between steps {steps} and {steps + steps_per_chunk} "
                      f"in seed {seed}")
-            print(f"c51.py: error: {error}; stopping, keeping the model of the last finite "
+            print(f"{ALGO}.py: error: {error}; stopping, keeping the model of the last finite "
                   "chunk", file=sys.stderr)
             break
         state, steps = new_state, steps + steps_per_chunk
@@ -833,22 +874,26 @@ def train_chunks(args: Args, state: TrainState, train_chunk_all, writers) -> Tra
         mean_return = log_chunk(writers, metrics, steps, sps)
         train_returns = [r if np.isfinite(r) else old for r, old in zip(mean_return, train_returns)]
         finished = mean_return[np.isfinite(mean_return)]
-        returns = (f"{finished.mean():8.1f} ± {finished.std():6.1f}" if finished.size
-                   else "   (no episode ended)")
+        returns = f"{finished.mean():8.1f}" if finished.size else "   (no episode ended)"
+        if finished.size and args.num_seeds > 1:
+            returns += f" ± {finished.std():6.1f}"
         print(f"step {steps:>10,} | SPS {sps:>10,.0f} | return {returns}", flush=True)
         if interrupted:
             print("interrupted: stopping after this chunk", file=sys.stderr)
             break
     signal.signal(signal.SIGINT, previous_handler)
-    return TrainingResult(state, steps, train_seconds, train_returns, error, bool(interrupted))
+    return TrainingResult(state=state, steps=steps, train_seconds=train_seconds,
+                          train_returns=train_returns, error=error, interrupted=bool(interrupted))
 
 
 def main(args: Args) -> None:
     wall_start = time.perf_counter()
     try:
-        args, env, env_params, loaded = resolve_args(args)
+        args, loaded = resolve_args(args)
+        env, env_params = make_env(args)
     except ConfigError as error:
-        sys.exit(f"c51.py: error: {error}")
+        sys.exit(f"{ALGO}.py: error: {error}")
+    enable_compilation_cache(args.compile_cache)
 
     # Set up: run folder, writers, keys, the sharding of the seed axis over the devices.
     run_dir = make_run_dir(args)
@@ -857,8 +902,13 @@ def main(args: Args) -> None:
     sharding = seed_sharding(args.num_seeds)
     train_keys, eval_keys, video_key = seed_keys(args.seed, args.num_seeds, args.eval_episodes)
     train_keys, eval_keys = jax.device_put((train_keys, eval_keys), sharding)
-    summary = {"algo": "c51", "env": args.env, "args": dataclasses.asdict(args), "run_dir": run_dir,
+    summary = {"algo": ALGO, "env": args.env, "args": dataclasses.asdict(args), "run_dir": run_dir,
                "devices": sharding.mesh.size}
+    num_timesteps = args.num_chunks * args.updates_per_chunk * args.steps_per_update  # per seed
+    if num_timesteps != args.total_timesteps and not args.eval_only:
+        print(f"note: --total-timesteps {args.total_timesteps:,} runs {num_timesteps:,} steps per "
+              f"seed ({args.num_chunks} chunks of {args.updates_per_chunk} updates of "
+              f"{args.steps_per_update} steps)")
 
     # Compile, and train chunk by chunk.
     compile_start = time.perf_counter()
@@ -866,9 +916,10 @@ def main(args: Args) -> None:
         network = jax.device_put(loaded, sharding)
         evaluate_all = compile_evaluation(env, env_params, sharding, network, eval_keys)
         compile_seconds = time.perf_counter() - compile_start
-        result = TrainingResult(None, 0, 0.0, [None] * args.num_seeds, None, False)
+        result = TrainingResult(state=None, steps=0, train_seconds=0.0,
+                                train_returns=[None] * args.num_seeds, error=None, interrupted=False)
     else:
-        state, train_chunk_all, evaluate_compiling = compile_training(
+        state, train_chunk_all, evaluate_all = compile_training(
             args, env, env_params, sharding, train_keys, eval_keys)
         if loaded is not None:
             loaded = jax.device_put(loaded, sharding)  # online and target networks start from it
@@ -877,9 +928,6 @@ def main(args: Args) -> None:
         compile_seconds = time.perf_counter() - compile_start
         result = train_chunks(args, state, train_chunk_all, writers)
         network = result.state.network
-        wait_start = time.perf_counter()
-        evaluate_all = evaluate_compiling.result()
-        compile_seconds += time.perf_counter() - wait_start
 
     # Evaluate: greedy episodes of every seed, and with --capture-video one of them rendered.
     eval_returns = np.asarray(evaluate_all(network, eval_keys)).mean(axis=1)  # [S]
@@ -889,7 +937,7 @@ def main(args: Args) -> None:
             print(capture_video(seed_0, video_key, env, env_params,
                                 os.path.join(run_dir, "episode.gif")))
         except ConfigError as error:
-            print(f"c51.py: --capture-video: {error}", file=sys.stderr)
+            print(f"{ALGO}.py: --capture-video: {error}", file=sys.stderr)
 
     # Save: events, model, summary.
     sps = result.steps * args.num_seeds / result.train_seconds if result.steps else 0.0
@@ -905,14 +953,15 @@ def main(args: Args) -> None:
         eqx.tree_serialise_leaves(os.path.join(run_dir, "model.eqx"), network)
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(f"eval return {eval_returns.mean():.1f} ± {eval_returns.std():.1f} "
-          f"({args.eval_episodes} greedy episodes x {args.num_seeds} seeds) | SPS {sps:,.0f} | "
-          f"compile {compile_seconds:.1f} s | wall {summary['wall_seconds']:.1f} s | {run_dir}")
+    spread = f" ± {eval_returns.std():.1f}" if args.num_seeds > 1 else ""
+    seeds = f" x {args.num_seeds} seeds" if args.num_seeds > 1 else ""
+    print(f"eval return {eval_returns.mean():.1f}{spread} ({args.eval_episodes} greedy episodes"
+          f"{seeds}) | SPS {sps:,.0f} | compile {compile_seconds:.1f} s | "
+          f"wall {summary['wall_seconds']:.1f} s | {run_dir}")
     sys.exit(1 if result.error else 130 if result.interrupted else 0)
 
 
 if __name__ == "__main__":
-    # Measured on 2 cores: 0.3 s faster imports, 0.6 s faster exit, of an 8 s run.
     gc.freeze()
     gc.enable()
     main(tyro.cli(Args))

@@ -1,9 +1,12 @@
 """Test-only helpers: running an algorithm file, reading run folders, and small gymnax
 environments whose correct behaviour is known. The contract tests every algorithm file must
-pass are in contract.py; loading a file as a module and reading event files in algo_files.py.
+pass are in contract.py; loading a file as a module and reading event files in
+tools/algo_files.py, which the benchmark scripts share.
 
-Importing this file registers the test environments with gymnax (no JAX operation runs), so a
-subprocess that does `import conftest` can train on them too.
+This process sees each CPU core as a JAX device, as the command line does, so that main run
+in-process compiles the programs a command-line run compiles. Importing this file registers the
+test environments with gymnax (no JAX operation runs), so a subprocess that does
+`import conftest` can train on them too.
 """
 
 import dataclasses
@@ -13,17 +16,41 @@ import os
 import subprocess
 import sys
 
-import gymnax
-import jax
-import jax.numpy as jnp
-import pytest
-from flax import struct as flax_struct
-from gymnax.environments import environment, spaces
+# Before JAX's first operation (`import gymnax` runs one), as the files' command line does;
+# a subprocess that forces its host device count through XLA_FLAGS keeps that instead.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tools"))
 
-from algo_files import ROOT, TESTS_DIR, algo_path, load_algo, read_events  # noqa: F401
+import gymnax  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+from flax import struct as flax_struct  # noqa: E402
+from gymnax.environments import environment, spaces  # noqa: E402
+
+from algo_files import ROOT, TESTS_DIR, TOOLS_DIR, algo_path, load_algo, read_events  # noqa: E402,F401
 
 # pytest explains failed asserts in test files and here; contract.py holds tests as well.
 pytest.register_assert_rewrite("contract")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache for this test session, in its temporary folder, so
+    nothing stale leaks between sessions: a program compiled once, in this process or in a
+    subprocess of it, is loaded, not compiled, when a later test builds it again (the
+    --seed reproduction run, --eval-only after training, ...)."""
+    folder = str(tmp_path_factory.mktemp("jax_compilation_cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder  # the subprocesses' (subprocess_env)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    # jaxlib 0.9.2 logs harmless CPU-feature lines at error level when it loads a program
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield folder
+
 
 # ---------------------------------------------------------------------------------------------
 # Running algorithm files.
@@ -50,10 +77,11 @@ def run_algo(algo: str, *flags, **kwargs) -> subprocess.CompletedProcess:
 
 def run_python(code: str, timeout: float = 180, import_conftest: bool = True,
                **env) -> subprocess.CompletedProcess:
-    """Run a Python snippet in a fresh interpreter with tests/ on its path. With
+    """Run a Python snippet in a fresh interpreter with tests/ and tools/ on its path. With
     import_conftest it starts with `from conftest import *` (load_algo, and the test
-    environments registered); without, nothing is imported before the snippet."""
-    prelude = f"import sys; sys.path.insert(0, {TESTS_DIR!r})\n"
+    environments registered; JAX with one device per core unless the caller's env sets up
+    its devices); without, nothing is imported before the snippet."""
+    prelude = f"import sys; sys.path[:0] = [{TESTS_DIR!r}, {TOOLS_DIR!r}]\n"
     if import_conftest:
         prelude += "from conftest import *\n"
     return subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, capture_output=True,

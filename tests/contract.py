@@ -1,5 +1,5 @@
-"""The contract every algorithm file passes (DESIGN.md, "Behaviour every algorithm file
-shares" and "Tests"), written once. A test file runs it against algos/<name>.py with a
+"""The contract every algorithm file passes (CONTRIBUTING.md, "What every file does the same
+way" and "Tests"), written once. A test file runs it against algos/<name>.py with a
 subclass that says what differs between algorithms:
 
     class TestContract(ContractTests):
@@ -11,7 +11,9 @@ and each was checked to fail once with its bug put in by hand.
 """
 
 import ast
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -53,7 +55,6 @@ class Algo:
     help_flags: tuple[str, ...]  # its own flags, which --help must list
     help_text: str  # a docstring of one of its own Args fields, which --help must show
     bad_inputs: tuple  # its own (flags, message fragments) that must be refused
-    continuous_file: str  # the file that the message for continuous actions names
     loss_tags: tuple[str, ...]  # the losses/<tag> it logs; the first is the loss itself
     tiny_chunk_steps: int  # environment steps per seed in each chunk of TINY_FLAGS
     # charts/learning_rate after each chunk of TINY_FLAGS; None: a constant rate, not logged
@@ -67,6 +68,10 @@ class Algo:
     # logits and the critic's value of an actor-critic, Q and max Q of a Q-network
     head: Callable = actor_critic_head
     policy_starts_uniform: bool = True  # an actor-critic's initial policy is near-uniform
+    # (Args field, value) pairs of its own flags, each of which must change a small run's
+    # parameters against the defaults plus changed_flags_base
+    changed_flags: tuple = ()
+    changed_flags_base: dict = dataclasses.field(default_factory=dict)
 
 
 SHARED_FLAGS = ("--env", "--seed", "--num-seeds", "--total-timesteps", "--num-envs",
@@ -111,6 +116,11 @@ def leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+def same_networks(a, b) -> bool:
+    """Whether two networks (any two pytrees of arrays of one structure) hold the same values."""
+    return all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b), strict=True))
+
+
 def evaluate_all(module, networks, env_id: str, eval_keys, **params):
     """Returns [S, E] of evaluating networks [S] on keys [S, E], compiled as main compiles it;
     params replace fields of the environment's params."""
@@ -119,6 +129,25 @@ def evaluate_all(module, networks, env_id: str, eval_keys, **params):
     sharding = module.seed_sharding(eval_keys.shape[0])
     compiled = module.compile_evaluation(env, env_params, sharding, networks, eval_keys)
     return np.asarray(compiled(networks, eval_keys))
+
+
+def run_main(module, *flags) -> subprocess.CompletedProcess:
+    """main(tyro.cli(Args)) on flags in this process, as the command line runs it -> its exit
+    status and output, as a finished subprocess would report them. For the tests about what a
+    run does; what only a process shows (exit status and stderr of a refusal, Ctrl-C, the CPU
+    cores as devices, a copied file, imports) is tested through real processes. In this
+    process JAX has one CPU device, and the test environments of conftest are registered."""
+    import tyro
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with (contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr),
+          pytest.raises(SystemExit) as exit_info):
+        module.main(tyro.cli(module.Args, args=[str(flag) for flag in flags]))
+    status = exit_info.value.code
+    if isinstance(status, str):  # sys.exit(message): Python prints it and exits with 1
+        stderr.write(status + "\n")
+        status = 1
+    return subprocess.CompletedProcess(flags, status or 0, stdout.getvalue(), stderr.getvalue())
 
 
 def refused(module, algo: Algo, *flags) -> str:
@@ -147,11 +176,9 @@ def copy_run(run, folder, model_bytes=None, **changed_args) -> str:
     return path
 
 
-def main_code(algo: Algo, **fields) -> str:
-    """Python that runs main of the file with a small configuration (in run_python, where the
-    test environments are registered)."""
-    args = {**SMALL, **algo.fast, **fields}
-    return f"module = load_algo({algo.name!r})\nmodule.main(module.Args(**{args!r}))\n"
+def small_flags(algo: Algo, **fields) -> list:
+    """The command-line flags of a small configuration (SMALL, Algo.fast, then fields)."""
+    return as_flags({**SMALL, **algo.fast, **fields})
 
 
 class ContractTests:
@@ -163,7 +190,7 @@ class ContractTests:
             cases = [
                 (["--env", "NoSuchEnv-v0"], ["unknown environment 'NoSuchEnv-v0'", "CartPole-v1",
                                              "Breakout-MinAtar"]),
-                (["--env", "Pendulum-v1"], ["continuous", self.algo.continuous_file]),
+                (["--env", "Pendulum-v1"], ["continuous", "discrete actions only"]),
                 (["--num-envs", 0], ["--num-envs", "positive"]),
                 (["--num-steps", -3], ["--num-steps", "positive"]),
                 (["--num-seeds", 0], ["--num-seeds", "positive"]),
@@ -178,6 +205,9 @@ class ContractTests:
                 *self.algo.bad_inputs]
             metafunc.parametrize("bad_input", cases,
                                  ids=[" ".join(map(str, flags)) for flags, _ in cases])
+        if "changed_flag" in metafunc.fixturenames:
+            metafunc.parametrize("changed_flag", self.algo.changed_flags,
+                                 ids=[f"{field}={value}" for field, value in self.algo.changed_flags])
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -187,8 +217,8 @@ class ContractTests:
     # -----------------------------------------------------------------------------------------
     # Command line: help, a tiny run end to end, loading.
 
-    def test_help_lists_the_flags(self):
-        result = run_algo(self.algo.name, "--help")
+    def test_help_lists_the_flags(self, module):
+        result = run_main(module, "--help")
         assert result.returncode == 0, describe(result)
         for flag in SHARED_FLAGS + self.algo.help_flags:
             assert flag in result.stdout, flag
@@ -274,10 +304,10 @@ class ContractTests:
             assert leaf.shape[0] == 2
             assert not np.array_equal(leaf[0], leaf[1])
 
-    def test_eval_only_loads_the_saved_model(self, tiny_run, tmp_path):
+    def test_eval_only_loads_the_saved_model(self, tiny_run, tmp_path, module):
         _, trained = tiny_run
-        result = run_algo(self.algo.name, "--load-model", trained.model, "--eval-only",
-                          "--log-dir", tmp_path)
+        result = run_main(module, "--load-model", trained.model, "--eval-only", "--log-dir",
+                          tmp_path)
         assert result.returncode == 0, describe(result)
         assert not any(line.startswith("step") for line in result.stdout.splitlines())
         run = the_run(tmp_path)
@@ -292,7 +322,7 @@ class ContractTests:
     def test_load_model_continues_training_from_it(self, tiny_run, tmp_path, module):
         """With a negligible learning rate, training from a loaded model keeps its weights."""
         _, trained = tiny_run
-        result = run_algo(self.algo.name, "--load-model", trained.model, "--num-seeds", 2,
+        result = run_main(module, "--load-model", trained.model, "--num-seeds", 2,
                           "--learning-rate", 1e-30, "--total-timesteps", 1024, "--num-chunks", 1,
                           "--save-model", "--no-track", *self.algo.cli_flags, "--log-dir", tmp_path)
         assert result.returncode == 0, describe(result)
@@ -327,6 +357,26 @@ class ContractTests:
         eval_returns = the_run(tmp_path).summary["eval_returns"]
         assert len(eval_returns) == 3
         assert min(eval_returns) >= LEARN_THRESHOLD, eval_returns
+
+    # -----------------------------------------------------------------------------------------
+    # Each flag of the file's own changes training.
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def default_small_run(cls, module):
+        """A small run at the defaults (plus Algo.changed_flags_base); run twice, it is the same."""
+        state, _ = run_small(module, cls.algo, **cls.algo.changed_flags_base)
+        again, _ = run_small(module, cls.algo, **cls.algo.changed_flags_base)
+        assert same_networks(state.network, again.network)
+        return state
+
+    def test_each_flag_changes_training(self, module, default_small_run, changed_flag):
+        """Against the default small run, changing one flag changes the parameters."""
+        field, value = changed_flag
+        state, _ = run_small(module, self.algo, **{**self.algo.changed_flags_base, field: value})
+        default = default_small_run.network
+        assert [a.shape for a in leaves(state.network)] == [a.shape for a in leaves(default)]
+        assert not same_networks(default, state.network)
 
     # -----------------------------------------------------------------------------------------
     # Truncation: a chain whose episodes end only by a time limit (conftest.TimeLimitChain).
@@ -393,8 +443,9 @@ class ContractTests:
     def test_evaluation_runs_eval_episodes_episodes(self, module, tmp_path):
         """The keys and the compiled evaluation have one entry per episode, and main's
         eval_returns are the mean of exactly --eval-episodes episodes per seed."""
-        result = run_python(main_code(self.algo, env=RANDOM_LENGTH, num_seeds=2, eval_episodes=3,
-                                      save_model=True, track=False, log_dir=str(tmp_path)))
+        result = run_main(module, *small_flags(self.algo, env=RANDOM_LENGTH, num_seeds=2,
+                                               eval_episodes=3, save_model=True, track=False,
+                                               log_dir=tmp_path))
         assert result.returncode == 0, describe(result)
         run = the_run(tmp_path)
         _, networks = module.load_networks(run.model)
@@ -414,11 +465,10 @@ class ContractTests:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def catch_video_run(cls, tmp_path_factory):
+    def catch_video_run(cls, module, tmp_path_factory):
         log_dir = tmp_path_factory.mktemp("video")
-        result = run_algo(cls.algo.name, "--env", "Catch-bsuite",
-                          *as_flags({**SMALL, **cls.algo.fast}), "--save-model",
-                          "--capture-video", "--no-track", "--log-dir", log_dir)
+        result = run_main(module, *small_flags(cls.algo, env="Catch-bsuite", save_model=True,
+                                               capture_video=True, track=False, log_dir=log_dir))
         assert result.returncode == 0, describe(result)
         return result, the_run(log_dir)
 
@@ -441,23 +491,22 @@ class ContractTests:
         assert run.summary["steps"] == SMALL["total_timesteps"] and "error" not in run.summary
         assert all(math.isfinite(r) for r in run.summary["eval_returns"])
 
-    def test_eval_only_captures_video_of_a_loaded_model(self, catch_video_run, tmp_path):
+    def test_eval_only_captures_video_of_a_loaded_model(self, catch_video_run, tmp_path, module):
         """--capture-video on the --eval-only command line counts, whatever the loaded run's
         args.json says (here: no video)."""
         trained_result, trained = catch_video_run
         model = copy_run(trained, tmp_path / "model", capture_video=False)
-        result = run_algo(self.algo.name, "--load-model", model, "--eval-only",
-                          "--capture-video", "--log-dir", tmp_path / "runs")
+        result = run_main(module, "--load-model", model, "--eval-only", "--capture-video",
+                          "--log-dir", tmp_path / "runs")
         assert result.returncode == 0, describe(result)
         line = self.assert_catch_gif(result, the_run(tmp_path / "runs"))
         # the same network and seed, so the same episode as after training
         trained_line = self.assert_catch_gif(trained_result, trained)
         assert line.split(": ", 1)[1] == trained_line.split(": ", 1)[1]
 
-    def test_capture_video_without_a_renderer_is_a_message(self, tmp_path):
-        result = run_algo(self.algo.name, "--env", "DeepSea-bsuite",
-                          *as_flags({**SMALL, **self.algo.fast}), "--capture-video", "--no-track",
-                          "--log-dir", tmp_path)
+    def test_capture_video_without_a_renderer_is_a_message(self, tmp_path, module):
+        result = run_main(module, *small_flags(self.algo, env="DeepSea-bsuite", capture_video=True,
+                                               track=False, log_dir=tmp_path))
         assert result.returncode == 0, describe(result)
         messages = [line for line in result.stderr.splitlines() if "capture-video" in line]
         assert len(messages) == 1, describe(result)
@@ -477,6 +526,18 @@ class ContractTests:
         for fragment in fragments:
             assert fragment in message
         assert os.listdir(tmp_path) == []  # rejected before a run folder was made
+        # a file the message names exists (none sends a user to a file still to be written)
+        for named in re.findall(r"[\w/]+\.py\b", message):
+            assert os.path.isfile(algo_path(os.path.basename(named)[:-3])), named
+
+    def test_unknown_environment_lists_only_ids_it_can_train(self, module, tmp_path):
+        message = refused(module, self.algo, "--env", "NoSuchEnv-v0", "--log-dir", tmp_path)
+        valid = message.split("Valid ids", 1)[1]
+        for env_id in ("CartPole-v1", "Acrobot-v1", "Breakout-MinAtar", "Catch-bsuite",
+                       TRUNCATED_CHAIN):
+            assert env_id in valid, env_id
+        for env_id in ("Pendulum-v1", "MountainCarContinuous-v0"):  # continuous actions
+            assert env_id not in valid, env_id
 
     def test_bad_input_from_the_command_line(self, tmp_path):
         """What refused() relies on, once through a real process: exit status, stderr."""
@@ -522,8 +583,8 @@ class ContractTests:
         picked = [seed for seed, f in zip(candidates, finite) if (f == wanted).all()]
         assert picked, finite  # the precondition: some --seed makes seed 1 alone go non-finite
 
-        result = run_python(main_code(self.algo, **fields, seed=picked[0], save_model=True,
-                                      log_dir=str(tmp_path)))
+        result = run_main(module, *small_flags(self.algo, **fields, seed=picked[0],
+                                               save_model=True, log_dir=tmp_path))
         assert result.returncode == 1, describe(result)
         assert "Traceback" not in result.stderr, describe(result)
         assert (f"{self.algo.name}.py: error: non-finite loss between steps 48 and 64 in seed 1"
@@ -539,16 +600,21 @@ class ContractTests:
         _, networks = module.load_networks(run.model)  # the model of the last finite chunk
         assert all(np.isfinite(leaf).all() for leaf in leaves(networks))
 
-    def test_ctrl_c_stops_after_the_chunk_and_saves(self, tmp_path):
+    def test_ctrl_c_stops_after_the_chunk_and_saves(self, tmp_path, tmp_path_factory):
+        """Also: --no-compile-cache writes no compilation cache."""
+        cache = tmp_path_factory.mktemp("unused_cache")
         # 2M steps in 400 chunks: far longer than the wait for a line.
         command = [algo_path(self.algo.name), "--total-timesteps", 2_000_000, "--num-chunks", 400,
-                   "--save-model", *self.algo.cli_flags, "--log-dir", tmp_path]
+                   "--save-model", "--no-compile-cache", *self.algo.cli_flags, "--log-dir", tmp_path]
         process = subprocess.Popen([sys.executable, *map(str, command)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=subprocess_env())
+                                   stderr=subprocess.PIPE, text=True,
+                                   env=subprocess_env(JAX_COMPILATION_CACHE_DIR=str(cache)))
         watchdog = threading.Timer(300, process.kill)  # a hang fails the test, not blocks it
         watchdog.start()
         try:
             first_line = process.stdout.readline()
+            if first_line.startswith("note:"):  # 2M steps round down to whole chunks
+                first_line = process.stdout.readline()
             assert first_line.startswith("step"), first_line + process.stderr.read()
             process.send_signal(signal.SIGINT)
             stdout, stderr = process.communicate(timeout=120)
@@ -566,18 +632,36 @@ class ContractTests:
         assert len(summary["eval_returns"]) == 1
         assert os.path.getsize(run.model) > 0
         assert max(run.events(0)[f"losses/{self.algo.loss_tags[0]}"]) == summary["steps"]
+        assert os.listdir(cache) == []
 
     # -----------------------------------------------------------------------------------------
     # The single-file rule.
 
-    def test_runs_when_copied_alone_into_an_empty_folder(self, tmp_path):
+    def test_runs_when_copied_alone_into_an_empty_folder(self, tmp_path, tmp_path_factory):
+        """Copied alone, the file runs; run twice, the second run compiles nothing: its
+        programs come from the compilation cache, by default in ~/.cache/single-file-rl/jax
+        ($XDG_CACHE_HOME here), and no entry is added."""
         name = f"{self.algo.name}.py"
         shutil.copy(algo_path(self.algo.name), tmp_path / name)
-        result = run_file(str(tmp_path / name), "--total-timesteps", 1024, "--num-chunks", 1,
-                          *self.algo.cli_flags, "--no-track", "--log-dir", "runs", cwd=tmp_path)
-        assert result.returncode == 0, describe(result)
-        steps = int(re.match(r"step\s+([\d,]+)", result.stdout).group(1).replace(",", ""))
-        assert the_run(tmp_path / "runs").summary["steps"] == steps > 0
+        cache_home = tmp_path_factory.mktemp("xdg_cache")
+        cache = cache_home / "single-file-rl" / "jax"
+        entries = []
+        for _ in range(2):
+            result = run_file(str(tmp_path / name), "--total-timesteps", 1024, "--num-chunks", 1,
+                              *self.algo.cli_flags, "--no-track", "--log-dir", "runs",
+                              cwd=tmp_path, XDG_CACHE_HOME=str(cache_home),
+                              JAX_COMPILATION_CACHE_DIR="")
+            assert result.returncode == 0, describe(result)
+            steps = int(re.search(r"^step\s+([\d,]+)", result.stdout, re.MULTILINE).group(1)
+                        .replace(",", ""))
+            entries.append(sorted(os.listdir(cache)))
+        assert len(entries[0]) >= 3  # init, the training chunk and evaluation at least
+        assert entries[1] == entries[0]
+        runs = [os.path.join(tmp_path, "runs", run) for run in os.listdir(tmp_path / "runs")]
+        assert len(runs) == 2
+        for run in runs:
+            with open(os.path.join(run, "summary.json")) as f:
+                assert json.load(f)["steps"] == steps > 0
         assert sorted(os.listdir(tmp_path)) == [name, "runs"]
 
     def test_imports_only_the_allowed_libraries(self):
@@ -657,10 +741,9 @@ print(dict(os.environ) == before, "JAX_NUM_CPU_DEVICES" in os.environ,
         total = sum(h["episode_length_sum"] for h in history)
         assert (total <= 4 * len(history)).all() and (total > 4 * (len(history) - 1)).all()
 
-    def test_chunk_without_finished_episode_logs_nothing(self, tmp_path):
-        result = run_algo(self.algo.name, *as_flags(self.algo.fast), "--num-envs", 1,
-                          "--num-steps", 4, "--total-timesteps", 200, "--num-chunks", 50,
-                          "--log-dir", tmp_path)
+    def test_chunk_without_finished_episode_logs_nothing(self, tmp_path, module):
+        result = run_main(module, *as_flags(self.algo.fast), "--num-envs", 1, "--num-steps", 4,
+                          "--total-timesteps", 200, "--num-chunks", 50, "--log-dir", tmp_path)
         assert result.returncode == 0, describe(result)
         progress = [line for line in result.stdout.splitlines() if line.startswith("step")]
         assert len(progress) == 50 and "(no episode ended)" in progress[0]
@@ -674,12 +757,11 @@ print(dict(os.environ) == before, "JAX_NUM_CPU_DEVICES" in os.environ,
         assert run.summary["train_returns"][0] == pytest.approx(returns[max(returns)])
 
     def test_seeds_shard_over_two_host_devices(self):
-        """Training as main does, on 2 host devices: 4 seeds split 2 and 2, 3 seeds (which 2
-        devices do not divide) stay on one device. The 4 seeds are also the
-        regression test of a deadlock: jax/jaxlib 0.10.0-0.11.0 hang on a CPU when batched QR
-        (orthogonal init under vmap) runs on parallel devices, hence the time limit. (Checked:
-        with jax 0.10.2 on a 2-core CPU, 4 seeds trained so hit the time limit; with 0.9.2 they
-        take seconds.)"""
+        """Training as main does, on 2 host devices: 4 seeds split 2 and 2. This is also the
+        regression test of a deadlock, hence a subprocess with a time limit: jax/jaxlib
+        0.10.0-0.11.0 hang on a CPU when batched QR (orthogonal init under vmap) runs on
+        parallel devices. (Checked: with jax 0.10.2 on a 2-core CPU, 4 seeds trained so hit the
+        time limit; with 0.9.2 they take seconds.)"""
         fields = {**SMALL, **self.algo.fast, "num_chunks": 2}
         code = f"""
 import json
@@ -687,19 +769,16 @@ import jax, numpy as np
 module = load_algo({self.algo.name!r})
 assert len(jax.devices()) == 2, jax.devices()  # the seeds really run on parallel devices
 _, _, train = module.make_train(module.Args(**{fields!r}))
-report = {{}}
-for num_seeds in (4, 3):
-    sharding = module.seed_sharding(num_seeds)
-    keys = jax.device_put(jax.random.split(jax.random.key(0), num_seeds), sharding)
-    state, metrics = jax.jit(jax.vmap(train), out_shardings=sharding)(keys)
-    net = jax.tree.leaves(state.network)
-    report[num_seeds] = dict(
-        mesh=int(sharding.mesh.devices.size),
-        devices=sorted({{len(leaf.sharding.device_set) for leaf in net}}),
-        shard_rows=sorted({{shard.data.shape[0] for leaf in net for shard in leaf.addressable_shards}}),
-        finite=bool(np.asarray(metrics["finite"]).all()
-                    and all(np.isfinite(np.asarray(leaf)).all() for leaf in net)))
-print(json.dumps(report))
+sharding = module.seed_sharding(4)
+keys = jax.device_put(jax.random.split(jax.random.key(0), 4), sharding)
+state, metrics = jax.jit(jax.vmap(train), out_shardings=sharding)(keys)
+net = jax.tree.leaves(state.network)
+print(json.dumps(dict(
+    mesh=int(sharding.mesh.devices.size),
+    devices=sorted({{len(leaf.sharding.device_set) for leaf in net}}),
+    shard_rows=sorted({{shard.data.shape[0] for leaf in net for shard in leaf.addressable_shards}}),
+    finite=bool(np.asarray(metrics["finite"]).all()
+                and all(np.isfinite(np.asarray(leaf)).all() for leaf in net)))))
 """
         try:
             result = run_python(code, timeout=180, JAX_PLATFORMS="cpu",
@@ -709,8 +788,15 @@ print(json.dumps(report))
                         "deadlock of batched linear algebra (see requirements.txt)")
         assert result.returncode == 0, describe(result)
         report = json.loads(result.stdout.splitlines()[-1])
-        assert report["4"] == dict(mesh=2, devices=[2], shard_rows=[2], finite=True)
-        assert report["3"] == dict(mesh=1, devices=[1], shard_rows=[3], finite=True)
+        assert report == dict(mesh=2, devices=[2], shard_rows=[2], finite=True)
+
+    def test_seed_axis_goes_to_the_largest_device_count_that_divides_it(self, module):
+        """This process has a CPU device per core (conftest), as the command line: on 2 cores,
+        2 and 4 seeds spread over both devices, 1 and 3 seeds stay on one."""
+        num_devices = len(jax.devices())
+        for num_seeds in (1, 2, 3, 4, 6):
+            expected = max(d for d in range(1, num_devices + 1) if num_seeds % d == 0)
+            assert module.seed_sharding(num_seeds).mesh.size == expected, num_seeds
 
     def test_no_key_is_reused(self, module):
         args = small_args(module, self.algo, eval_episodes=2)
@@ -753,9 +839,11 @@ REPLAY_HELP_FLAGS = ("--buffer-size", "--batch-size", "--learning-starts", "--tr
 
 def replay_algo(name: str, help_flags: tuple[str, ...], help_text: str, bad_inputs: tuple,
                 loss_tags: tuple[str, ...], head: Callable, fast: dict | None = None,
-                chain: dict | None = None, learn_flags: tuple = ()) -> Algo:
+                chain: dict | None = None, learn_flags: tuple = (),
+                changed_flags: tuple = ()) -> Algo:
     """The Algo of a replay-buffer file: what dqn.py, c51.py and qr_dqn.py share, with the
-    file's own flags, bad inputs, logged losses and head; fast and chain add its own fields."""
+    file's own flags, bad inputs, logged losses and head; fast, chain and changed_flags add its
+    own."""
     return Algo(
         name=name,
         # small runs: 2 environments x 16 steps per update, 8 gradient steps of 32 per update
@@ -764,7 +852,6 @@ def replay_algo(name: str, help_flags: tuple[str, ...], help_text: str, bad_inpu
         help_flags=REPLAY_HELP_FLAGS + help_flags,
         help_text=help_text,
         bad_inputs=(*bad_inputs, *REPLAY_BAD_INPUTS),
-        continuous_file="sac.py",
         loss_tags=loss_tags,
         # 6000 steps round down to 2 chunks of 300 updates of 10 x 1 steps
         tiny_chunk_steps=3000,
@@ -775,6 +862,11 @@ def replay_algo(name: str, help_flags: tuple[str, ...], help_text: str, bad_inpu
         cli_flags=("--learning-starts", 1000),
         head=head,
         policy_starts_uniform=False,
+        # --double-q: over 48 gradient steps (6 updates) at a large learning rate, the online and
+        # target networks come to disagree on some next state's greedy action, and then the
+        # targets differ
+        changed_flags=(("double_q", True), *changed_flags),
+        changed_flags_base=dict(learning_rate=1e-2, total_timesteps=192),
     )
 
 
@@ -863,13 +955,75 @@ class ReplayBufferTests:
         loss_tag = self.algo.loss_tags[0]
         states, history = train_chunks(module, self.algo, 4, learning_starts=96,
                                        total_timesteps=128, num_chunks=4)
-        initial = leaves(states[0].network)
         for chunk in (1, 2):
-            assert all(np.array_equal(a, b) for a, b in zip(initial, leaves(states[chunk].network)))
+            assert same_networks(states[0].network, states[chunk].network)
             assert int(states[chunk].learner.gradient_steps) == 0
             assert np.isnan(history[chunk - 1][loss_tag]) and history[chunk - 1]["finite"]
-        assert not all(np.array_equal(a, b) for a, b in zip(initial, leaves(states[3].network)))
+        assert not same_networks(states[0].network, states[3].network)
         # the update that reached step 96 and the one after: 8 gradient steps each
         assert int(states[3].learner.gradient_steps) == 8
         assert int(states[4].learner.gradient_steps) == 16
         assert 0 < history[2][loss_tag] < self.first_loss_below and history[2]["q_values"] != 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixins for what some files share beyond the contract.
+
+
+class TorsoTests:
+    """Mixed into the contract class of a file whose network is `network_class(key, obs_shape,
+    num_actions)` with a Torso: an MLP on flattened vectors and matrices, the CNN on images
+    (the contract's test_image_observations_train and Catch-bsuite runs train both)."""
+
+    network_class: str  # the network's class name in the file
+    torso_fields: tuple[str, ...] = ("torso",)  # the network's fields that hold a Torso
+    hidden_sizes: dict  # {uses the conv: the out_features of torso.layers}
+
+    @pytest.mark.parametrize("obs_shape, conv", [((4,), False), ((10, 5), False),
+                                                 ((10, 10, 4), True)])
+    def test_torso_follows_the_observation_rank(self, module, obs_shape, conv):
+        import equinox as eqx
+
+        network = eqx.filter_eval_shape(getattr(module, self.network_class), jax.random.key(0),
+                                        obs_shape, 3)
+        for torso in (getattr(network, field) for field in self.torso_fields):
+            assert (torso.conv is not None) == conv
+            first_layer = torso.conv if conv else torso.layers[0]
+            assert first_layer.in_features == (9 * obs_shape[-1] if conv else math.prod(obs_shape))
+            assert [layer.out_features for layer in torso.layers] == self.hidden_sizes[conv]
+
+
+class EpsilonScheduleTests:
+    """Mixed into the contract class of an epsilon-greedy file (CleanRL's linear schedule,
+    charts/epsilon the epsilon of each chunk's last step)."""
+
+    algo: Algo
+    # a run of RandomLengthEpisodes long enough for its mean return to tell the policies apart
+    epsilon_run: dict = dict(total_timesteps=512)
+
+    def test_epsilon_falls_linearly_then_stays(self, module):
+        """start_e 1 to end_e 0.1 over half of 320 steps; chunks of 32 steps report the epsilon
+        of their last step."""
+        _, history = train_chunks(module, self.algo, 10, total_timesteps=320, num_chunks=10,
+                                  start_e=1.0, end_e=0.1, exploration_fraction=0.5)
+        last_steps = 32 * np.arange(1, 11) - 2  # 2 environments: the last step starts at 30, 62, ...
+        expected = np.maximum(1.0 - 0.9 * last_steps / 160, 0.1)
+        np.testing.assert_allclose([h["epsilon"] for h in history], expected, rtol=1e-6)
+
+    def test_epsilon_one_acts_at_random_and_zero_greedily(self, module):
+        """RandomLengthEpisodes pays (1 + a) 2^(t-1) at step t: with epsilon 0 an untrained
+        network takes its one greedy action at every step (returns (1 + a)(2^L - 1)); with
+        epsilon 1 the actions are mixed, and most returns are not of that form."""
+        results = {}
+        for epsilon in (0.0, 1.0):
+            _, history = train_chunks(module, self.algo, 1, env=RANDOM_LENGTH, learning_rate=1e-30,
+                                      start_e=epsilon, end_e=epsilon, **self.epsilon_run)
+            results[epsilon] = history[0]["episode_return_sum"] / history[0]["episode_count"]
+        network = train_chunks(module, self.algo, 0, env=RANDOM_LENGTH)[0][0].network
+        greedy = int(np.argmax(self.algo.head(network, jnp.ones(2))[0]))
+        mean_greedy_return = np.mean(list(greedy_returns(greedy, max_length=8)))  # L uniform on 1..8
+        assert results[0.0] == pytest.approx(mean_greedy_return, rel=0.25)
+        # at random each step pays 1.5 2^(t-1) on average, between the two greedy policies
+        assert results[1.0] == pytest.approx(1.5 * np.mean([2 ** L - 1 for L in range(1, 9)]),
+                                             rel=0.25)
+        assert results[1.0] != pytest.approx(results[0.0], rel=0.1)

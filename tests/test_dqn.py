@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from algo_files import load_algo
-from contract import (ContractTests, ReplayBufferTests, leaves, q_network_head, replay_algo,
-                      run_small, small_args, train_chunks)
+from contract import (ContractTests, EpsilonScheduleTests, ReplayBufferTests, TorsoTests, leaves,
+                      q_network_head, replay_algo, same_networks, train_chunks)
 
 DQN = replay_algo(
     "dqn", help_flags=("--huber-delta",),
@@ -20,8 +20,10 @@ DQN = replay_algo(
 )
 
 
-class TestContract(ReplayBufferTests, ContractTests):
+class TestContract(ReplayBufferTests, EpsilonScheduleTests, TorsoTests, ContractTests):
     algo = DQN
+    network_class = "QNetwork"
+    hidden_sizes = {False: [120, 84], True: [128]}
 
 
 @pytest.fixture(scope="module")
@@ -30,39 +32,7 @@ def dqn():
 
 
 # ---------------------------------------------------------------------------------------------
-# Epsilon, the target network.
-
-
-def test_epsilon_falls_linearly_then_stays(dqn):
-    """start_e 1 to end_e 0.1 over half of 320 steps; chunks of 32 steps report the epsilon of
-    their last step."""
-    _, history = train_chunks(dqn, DQN, 10, total_timesteps=320, num_chunks=10, start_e=1.0,
-                              end_e=0.1, exploration_fraction=0.5)
-    last_steps = 32 * np.arange(1, 11) - 2  # 2 environments: the last step starts at 30, 62, ...
-    expected = np.maximum(1.0 - 0.9 * last_steps / 160, 0.1)
-    np.testing.assert_allclose([h["epsilon"] for h in history], expected, rtol=1e-6)
-
-
-def test_epsilon_one_acts_at_random_and_zero_greedily(dqn):
-    """RandomLengthEpisodes pays (1 + a) 2^(t-1) at step t: with epsilon 0 an untrained network
-    takes its one greedy action at every step (returns (1 + a)(2^L - 1)); with epsilon 1 the
-    actions are mixed, and most returns are not of that form."""
-    from conftest import RANDOM_LENGTH, greedy_returns
-
-    results = {}
-    for epsilon in (0.0, 1.0):
-        _, history = train_chunks(dqn, DQN, 1, env=RANDOM_LENGTH, learning_rate=1e-30,
-                                  total_timesteps=512, start_e=epsilon, end_e=epsilon)
-        count = history[0]["episode_count"]
-        results[epsilon] = history[0]["episode_return_sum"] / count
-    network = train_chunks(dqn, DQN, 0, env=RANDOM_LENGTH)[0][0].network
-    greedy = int(np.argmax(network(jnp.ones(2))))
-    valid = greedy_returns(greedy, max_length=8)
-    mean_greedy_return = np.mean(list(valid))  # L is uniform on 1..8
-    assert results[0.0] == pytest.approx(mean_greedy_return, rel=0.25)
-    # at random each step pays 1.5 2^(t-1) on average, between the two greedy policies
-    assert results[1.0] == pytest.approx(1.5 * np.mean([2 ** L - 1 for L in range(1, 9)]), rel=0.25)
-    assert results[1.0] != pytest.approx(results[0.0], rel=0.1)
+# The target network.
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.5])
@@ -71,8 +41,7 @@ def test_target_network_follows_every_target_period(dqn, tau):
     target_network_frequency 32 the target moves every 8 gradient steps, i.e. at the last step
     of each chunk: to the online network (tau 1), or halfway to it (tau 0.5)."""
     states, _ = train_chunks(dqn, DQN, 3, total_timesteps=32, target_network_frequency=32, tau=tau)
-    assert all(np.array_equal(a, b) for a, b in zip(leaves(states[0].network),
-                                                     leaves(states[0].learner.target_network)))
+    assert same_networks(states[0].network, states[0].learner.target_network)
     for state in states[1:]:
         assert int(state.learner.gradient_steps) % 8 == 0
     # tau 1: after each chunk the target is the online network
@@ -83,7 +52,7 @@ def test_target_network_follows_every_target_period(dqn, tau):
         expected = [tau * o + (1 - tau) * p for o, p in zip(online, previous)]
         for e, t in zip(expected, leaves(after.learner.target_network)):
             np.testing.assert_allclose(t, e, rtol=1e-6, atol=1e-7)
-        assert not all(np.array_equal(a, b) for a, b in zip(previous, leaves(after.learner.target_network)))
+        assert not same_networks(before.learner.target_network, after.learner.target_network)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,12 +84,3 @@ def test_loss_is_the_td_error_of_q_learning(dqn, double_q):
             loss, metrics = dqn.q_loss(network, target_network, transition, args)
             assert float(loss) == pytest.approx(expected, rel=1e-5)
             assert float(metrics["q_values"]) == pytest.approx(float(q[2]))
-
-
-def test_double_q_changes_training(dqn):
-    """Over 48 gradient steps at a large learning rate the online and target networks come to
-    disagree on some next state's greedy action, and then the targets differ."""
-    states, _ = train_chunks(dqn, DQN, 3, learning_rate=1e-2)
-    double, _ = train_chunks(dqn, DQN, 3, learning_rate=1e-2, double_q=True)
-    assert not all(np.array_equal(a, b) for a, b in zip(leaves(states[3].network),
-                                                         leaves(double[3].network)))

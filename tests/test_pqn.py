@@ -2,8 +2,6 @@
 PQN's own flags and sizes, and the tests of what only PQN has: the Q(lambda) targets with
 their episode ends, the epsilon schedule, the LayerNorm of the network, and each flag."""
 
-import math
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,7 +9,7 @@ import numpy as np
 import pytest
 
 from algo_files import load_algo
-from contract import Algo, ContractTests, leaves, q_network_head, run_small, train_chunks
+from contract import Algo, ContractTests, EpsilonScheduleTests, TorsoTests, q_network_head
 
 PQN = Algo(
     name="pqn",
@@ -30,7 +28,6 @@ PQN = Algo(
         (["--exploration-fraction", 1.5], ["--exploration-fraction", "(0, 1]"]),
         (["--max-grad-norm", 0], ["--max-grad-norm", "positive"]),
     ),
-    continuous_file="sac.py",
     loss_tags=("td_loss", "q_values"),
     # With cli_flags' 16 steps: 6000 steps round down to 2 chunks of 5 updates of 32 x 16 steps;
     # the rate falls linearly to 0 over the 10 updates and is constant within one.
@@ -45,11 +42,18 @@ PQN = Algo(
     cli_flags=("--num-steps", 16),
     head=q_network_head,
     policy_starts_uniform=False,
+    changed_flags=(("anneal_lr", False), ("q_lambda", 0.0), ("max_grad_norm", 1e-3),
+                   ("update_epochs", 3), ("num_minibatches", 4), ("start_e", 0.5),
+                   ("end_e", 0.5), ("exploration_fraction", 0.01)),
 )
 
 
-class TestContract(ContractTests):
+class TestContract(EpsilonScheduleTests, TorsoTests, ContractTests):
     algo = PQN
+    network_class = "QNetwork"
+    hidden_sizes = {False: [120, 84], True: [128]}
+    # about 900 episodes: their returns (1 to 510) vary widely
+    epsilon_run = dict(num_envs=8, total_timesteps=4096)
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +63,6 @@ def pqn():
 
 # ---------------------------------------------------------------------------------------------
 # The network: LayerNorm before every hidden ReLU.
-
-
-@pytest.mark.parametrize("obs_shape, conv", [((4,), False), ((10, 5), False), ((10, 10, 4), True)])
-def test_torso_follows_the_observation_rank(pqn, obs_shape, conv):
-    """An MLP on flattened vectors and matrices, the CNN on images (the contract's
-    test_image_observations_train and Catch-bsuite runs train them)."""
-    network = eqx.filter_eval_shape(pqn.QNetwork, jax.random.key(0), obs_shape, 3)
-    assert (network.torso.conv is not None) == conv
-    first_layer = network.torso.conv if conv else network.torso.layers[0]
-    assert first_layer.in_features == (9 * obs_shape[-1] if conv else math.prod(obs_shape))
-    assert [layer.out_features for layer in network.torso.layers] == ([128] if conv else [120, 84])
 
 
 def hidden_preactivations(torso, obs):
@@ -166,38 +159,7 @@ def test_loss_is_half_the_squared_error_of_the_action_taken(pqn):
 
 
 # ---------------------------------------------------------------------------------------------
-# Epsilon.
-
-
-def test_epsilon_falls_linearly_then_stays(pqn):
-    """start_e 1 to end_e 0.1 over half of 320 steps; chunks of 32 steps report the epsilon of
-    their last step."""
-    _, history = train_chunks(pqn, PQN, 10, total_timesteps=320, num_chunks=10, start_e=1.0,
-                              end_e=0.1, exploration_fraction=0.5)
-    last_steps = 32 * np.arange(1, 11) - 2  # 2 environments: the last step starts at 30, 62, ...
-    expected = np.maximum(1.0 - 0.9 * last_steps / 160, 0.1)
-    np.testing.assert_allclose([h["epsilon"] for h in history], expected, rtol=1e-6)
-
-
-def test_epsilon_one_acts_at_random_and_zero_greedily(pqn):
-    """RandomLengthEpisodes pays (1 + a) 2^(t-1) at step t: with epsilon 0 an untrained network
-    takes its one greedy action at every step (returns (1 + a)(2^L - 1)); with epsilon 1 the
-    actions are mixed."""
-    from conftest import RANDOM_LENGTH, greedy_returns
-
-    results = {}
-    for epsilon in (0.0, 1.0):
-        # about 900 episodes: their returns (1 to 510) vary widely
-        _, history = train_chunks(pqn, PQN, 1, env=RANDOM_LENGTH, learning_rate=1e-30,
-                                  num_envs=8, total_timesteps=4096, start_e=epsilon, end_e=epsilon)
-        results[epsilon] = history[0]["episode_return_sum"] / history[0]["episode_count"]
-    network = train_chunks(pqn, PQN, 0, env=RANDOM_LENGTH)[0][0].network
-    greedy = int(np.argmax(network(jnp.ones(2))))
-    mean_greedy_return = np.mean(list(greedy_returns(greedy, max_length=8)))  # L uniform on 1..8
-    assert results[0.0] == pytest.approx(mean_greedy_return, rel=0.25)
-    # at random each step pays 1.5 2^(t-1) on average, between the two greedy policies
-    assert results[1.0] == pytest.approx(1.5 * np.mean([2 ** L - 1 for L in range(1, 9)]), rel=0.25)
-    assert results[1.0] != pytest.approx(results[0.0], rel=0.1)
+# What the command line logs.
 
 
 def test_learning_rate_and_epsilon_are_logged(pqn, tmp_path):
@@ -214,29 +176,3 @@ def test_learning_rate_and_epsilon_are_logged(pqn, tmp_path):
     assert events["charts/epsilon"] == {k: pytest.approx(v) for k, v in expected.items()}
     assert events["charts/learning_rate"] == {320: pytest.approx(2.5e-4 * 0.6),
                                               640: pytest.approx(2.5e-4 * 0.1)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Each flag changes training.
-
-
-@pytest.fixture(scope="module")
-def default_small_run(pqn):
-    state, _ = run_small(pqn, PQN)
-    again, _ = run_small(pqn, PQN)  # a fresh compile reproduces it exactly
-    assert all(np.array_equal(a, b) for a, b in zip(leaves(state.network), leaves(again.network)))
-    return state
-
-
-@pytest.mark.parametrize("field, value", [("anneal_lr", False), ("q_lambda", 0.0),
-                                          ("max_grad_norm", 1e-3), ("update_epochs", 3),
-                                          ("num_minibatches", 4), ("start_e", 0.5),
-                                          ("end_e", 0.5), ("exploration_fraction", 0.01)])
-def test_each_flag_changes_training(pqn, default_small_run, field, value):
-    """Against the default configuration, changing one flag changes the parameters."""
-    state, _ = run_small(pqn, PQN, **{field: value})
-    for a, b in zip(leaves(default_small_run.network), leaves(state.network)):
-        assert a.shape == b.shape
-    assert not all(np.array_equal(a, b)
-                   for a, b in zip(leaves(default_small_run.network), leaves(state.network)))
-

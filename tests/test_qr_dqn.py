@@ -11,7 +11,7 @@ import pytest
 
 from algo_files import load_algo
 from conftest import RANDOM_LENGTH
-from contract import (ContractTests, ReplayBufferTests, leaves, replay_algo, small_args,
+from contract import (ContractTests, ReplayBufferTests, replay_algo, same_networks, small_args,
                       train_chunks)
 
 
@@ -172,16 +172,6 @@ def test_loss_drives_each_output_to_its_quantile(qr):
 
 # ---------------------------------------------------------------------------------------------
 # Flags that change training.
-
-
-def same_networks(a, b) -> bool:
-    return all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
-
-
-def test_double_q_changes_training(qr):
-    states, _ = train_chunks(qr, QR_DQN, 1)
-    double, _ = train_chunks(qr, QR_DQN, 1, double_q=True)
-    assert not same_networks(states[1].network, double[1].network)
 
 
 def test_huber_param_changes_training(qr):

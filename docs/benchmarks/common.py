@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts: run an algorithm's command line and read what it
 wrote (summary.json, TensorBoard events), describe the machine, write markdown. Loading an
 algorithm file as a module (load_algo) and reading event files (read_events) come from
-tests/algo_files.py, which the tests use too.
+tools/algo_files.py, which the tests use too.
 """
 
 import datetime
@@ -18,7 +18,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 # Loading an algorithm file as a module and reading event files, shared with the tests.
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tools"))
 from algo_files import load_algo, read_events  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -33,9 +33,12 @@ class Run(NamedTuple):
 
 
 def run_algo(algo: str, env: str, num_seeds: int = 1, total_timesteps: int | None = None,
-             flags: tuple[str, ...] = (), log_dir: Path = LOG_DIR, track: bool = True) -> Run:
-    """Runs `python algos/<algo>.py` (algo: "ppo", "a2c", ...) in a subprocess and returns
-    what it wrote."""
+             flags: tuple[str, ...] = (), log_dir: Path = LOG_DIR, track: bool = True,
+             compile_cache: bool = False, env_vars: dict | None = None) -> Run:
+    """Runs `python algos/<algo>.py` (algo: "ppo", "a2c", ...) in a subprocess, with env_vars
+    added to its environment, and returns what it wrote. Without compile_cache, with
+    --no-compile-cache: every run compiles, so that compile seconds and whole-process times
+    are those of a first run."""
     log_dir = Path(log_dir).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(REPO / "algos" / f"{algo}.py"), "--env", env,
@@ -44,9 +47,12 @@ def run_algo(algo: str, env: str, num_seeds: int = 1, total_timesteps: int | Non
         command += ["--total-timesteps", str(total_timesteps)]
     if not track:
         command.append("--no-track")
+    if not compile_cache:
+        command.append("--no-compile-cache")
     before = set(log_dir.iterdir())
     start = time.perf_counter()
-    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, **(env_vars or {})})
     process_seconds = time.perf_counter() - start
     shown = " ".join(command[1:]).replace(str(REPO) + os.sep, "")
     if process.returncode != 0:

@@ -25,7 +25,6 @@ import json
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import common
@@ -40,16 +39,19 @@ OUR_COMPILE_OPTIONS = {"xla_cpu_multi_thread_eigen": False, "xla_backend_optimiz
 class Peer:
     label: str
     env: str
-    our_command: str  # shown on the page; N is the number of seeds
-    # (env, num_seeds, total_timesteps, log_dir) -> common.Run; summary.json must hold
-    # sps, compile_seconds, steps (per seed, as trained) and devices.
-    our_run: Callable[..., common.Run]
+    algo: str  # our algos/<algo>.py, run with flags
+    flags: tuple[str, ...]
     rejax_algo: str  # rejax.get_algo name
     # Keyword arguments of rejax's Algorithm.create, beyond env and total_timesteps (set here to
     # the steps our run trained). peers_rejax_runner.py also reads "anneal_lr" and sets
     # eval_freq to total_timesteps (one evaluation, after training) unless given.
     rejax_config: dict
     notes: str = ""  # what differs between the two, beyond speed
+
+    @property
+    def our_command(self) -> str:
+        """Shown on the page; N is the number of seeds."""
+        return f"python algos/{self.algo}.py --env {self.env} --num-seeds N"
 
 
 # algos/ppo.py's defaults, stated as flags so that the row keeps comparing this configuration
@@ -76,9 +78,8 @@ PEERS = {
     "ppo": Peer(
         label="PPO",
         env="CartPole-v1",
-        our_command="python algos/ppo.py --env CartPole-v1 --num-seeds N",
-        our_run=lambda env, num_seeds, total_timesteps, log_dir: common.run_algo(
-            "ppo", env, num_seeds, total_timesteps, flags=PPO_FLAGS, log_dir=log_dir),
+        algo="ppo",
+        flags=PPO_FLAGS,
         rejax_algo="ppo",
         rejax_config=dict(
             num_envs=4, num_steps=128, num_epochs=4, num_minibatches=4,
@@ -94,9 +95,8 @@ PEERS = {
     "dqn": Peer(
         label="DQN",
         env="CartPole-v1",
-        our_command="python algos/dqn.py --env CartPole-v1 --num-seeds N",
-        our_run=lambda env, num_seeds, total_timesteps, log_dir: common.run_algo(
-            "dqn", env, num_seeds, total_timesteps, flags=DQN_FLAGS, log_dir=log_dir),
+        algo="dqn",
+        flags=DQN_FLAGS,
         rejax_algo="dqn",
         # num_epochs: gradient steps per iteration of num_envs steps; polyak 0: a copy.
         rejax_config=dict(
@@ -113,9 +113,8 @@ PEERS = {
     "pqn": Peer(
         label="PQN",
         env="CartPole-v1",
-        our_command="python algos/pqn.py --env CartPole-v1 --num-seeds N",
-        our_run=lambda env, num_seeds, total_timesteps, log_dir: common.run_algo(
-            "pqn", env, num_seeds, total_timesteps, flags=PQN_FLAGS, log_dir=log_dir),
+        algo="pqn",
+        flags=PQN_FLAGS,
         rejax_algo="pqn",
         rejax_config=dict(
             num_envs=32, num_steps=64, num_epochs=4, num_minibatches=16, td_lambda=0.65,
@@ -204,7 +203,8 @@ def main() -> None:
                   flush=True)
             ours, theirs = [], []
             for _ in range(cli.repeats):  # interleaved, so that a slow spell hits both
-                ours.append(peer.our_run(peer.env, num_seeds, cli.total_timesteps, cli.log_dir))
+                ours.append(common.run_algo(peer.algo, peer.env, num_seeds, cli.total_timesteps,
+                                            flags=peer.flags, log_dir=cli.log_dir))
                 theirs.append(run_rejax(cli.rejax_python, peer, num_seeds,
                                         ours[-1].summary["steps"], cli.peer_no_shard,
                                         not cli.peer_eval, compile_options))

@@ -1,8 +1,9 @@
 """Loading an algorithm file as a module and reading the TensorBoard events its runs write.
 
-Shared by the tests (through conftest.py) and the benchmark scripts (docs/benchmarks/common.py
-puts this folder on sys.path). It imports neither JAX nor pytest, so a fresh interpreter can
-load an algorithm file with it before anything else has imported JAX.
+The one module of helpers shared by the tests (tests/conftest.py) and the benchmark scripts
+(docs/benchmarks/common.py), each of which puts this folder on sys.path. It imports neither
+JAX nor pytest, so a fresh interpreter can load an algorithm file with it before anything
+else has imported JAX.
 """
 
 import glob
@@ -11,9 +12,10 @@ import os
 import struct
 import sys
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS_DIR)
+TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TOOLS_DIR)
 ALGOS_DIR = os.path.join(ROOT, "algos")
+TESTS_DIR = os.path.join(ROOT, "tests")
 
 
 def algo_path(algo: str) -> str:
