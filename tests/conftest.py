@@ -20,6 +20,12 @@ import sys
 # a subprocess that forces its host device count through XLA_FLAGS keeps that instead.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(os.cpu_count() or 1))
+# The tests' own small programs run for milliseconds: LLVM -O0 compiles them about 40% faster
+# (measured on pqn.py's small run: 1.9 s against 3.1 s). main's compilation passes the files'
+# own options, which take precedence, so main in this process compiles what the command line
+# compiles.
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                    "--xla_backend_optimization_level=0"]).strip()
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tools"))
 

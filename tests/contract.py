@@ -364,11 +364,8 @@ class ContractTests:
     @pytest.fixture(scope="class")
     @classmethod
     def default_small_run(cls, module):
-        """A small run at the defaults (plus Algo.changed_flags_base); run twice, it is the same."""
-        state, _ = run_small(module, cls.algo, **cls.algo.changed_flags_base)
-        again, _ = run_small(module, cls.algo, **cls.algo.changed_flags_base)
-        assert same_networks(state.network, again.network)
-        return state
+        """A small run at the defaults (plus Algo.changed_flags_base)."""
+        return run_small(module, cls.algo, **cls.algo.changed_flags_base)[0]
 
     def test_each_flag_changes_training(self, module, default_small_run, changed_flag):
         """Against the default small run, changing one flag changes the parameters."""
@@ -677,23 +674,6 @@ class ContractTests:
                 imported.add(node.module.split(".")[0])
         assert imported - allowed - set(sys.stdlib_module_names) == set()
 
-    def test_importing_the_file_changes_no_jax_setting(self):
-        """Exposing CPU cores as devices happens only when the file runs, so a program that
-        imports it keeps its own devices. Loaded in a fresh interpreter before anything has
-        imported JAX, so that an environment variable set on import would still take effect."""
-        result = run_python(f"""
-import os
-before = dict(os.environ)
-from algo_files import load_algo
-assert "jax" not in sys.modules
-module = load_algo({self.algo.name!r})
-import jax
-print(dict(os.environ) == before, "JAX_NUM_CPU_DEVICES" in os.environ,
-      jax.config.jax_num_cpu_devices, len(jax.devices()))
-""", import_conftest=False, JAX_PLATFORMS="cpu")
-        assert result.returncode == 0, describe(result)
-        assert result.stdout.split() == ["True", "False", "-1", "1"]
-
     # -----------------------------------------------------------------------------------------
     # Compilation, devices, keys.
 
@@ -756,39 +736,62 @@ print(dict(os.environ) == before, "JAX_NUM_CPU_DEVICES" in os.environ,
         assert sum("(no episode ended)" in line for line in progress) == 50 - len(returns)
         assert run.summary["train_returns"][0] == pytest.approx(returns[max(returns)])
 
-    def test_seeds_shard_over_two_host_devices(self):
-        """Training as main does, on 2 host devices: 4 seeds split 2 and 2. This is also the
-        regression test of a deadlock, hence a subprocess with a time limit: jax/jaxlib
-        0.10.0-0.11.0 hang on a CPU when batched QR (orthogonal init under vmap) runs on
-        parallel devices. (Checked: with jax 0.10.2 on a 2-core CPU, 4 seeds trained so hit the
-        time limit; with 0.9.2 they take seconds.)"""
-        fields = {**SMALL, **self.algo.fast, "num_chunks": 2}
+    @pytest.fixture(scope="class")
+    @classmethod
+    def fresh_process(cls):
+        """One fresh interpreter for what only a new process shows -> its report. First it
+        loads the file before anything has imported JAX (so that an environment variable set on
+        import would still take effect), then it trains 4 vmapped seeds as main does on 2 host
+        devices. The 4 seeds are the regression test of a deadlock, hence the time limit:
+        jax/jaxlib 0.10.0-0.11.0 hang on a CPU when batched QR (orthogonal init under vmap)
+        runs on parallel devices. (Checked: with jax 0.10.2 on a 2-core CPU, 4 seeds trained
+        so hit the time limit; with 0.9.2 they take seconds.)"""
+        fields = {**SMALL, **cls.algo.fast, "num_chunks": 2}
         code = f"""
-import json
+import json, os
+before = dict(os.environ)
+from algo_files import load_algo
+assert "jax" not in sys.modules
+module = load_algo({cls.algo.name!r})
 import jax, numpy as np
-module = load_algo({self.algo.name!r})
+report = dict(environ_unchanged=dict(os.environ) == before,
+              num_cpu_devices_set="JAX_NUM_CPU_DEVICES" in os.environ,
+              jax_num_cpu_devices=jax.config.jax_num_cpu_devices)
 assert len(jax.devices()) == 2, jax.devices()  # the seeds really run on parallel devices
 _, _, train = module.make_train(module.Args(**{fields!r}))
 sharding = module.seed_sharding(4)
 keys = jax.device_put(jax.random.split(jax.random.key(0), 4), sharding)
 state, metrics = jax.jit(jax.vmap(train), out_shardings=sharding)(keys)
 net = jax.tree.leaves(state.network)
-print(json.dumps(dict(
+report.update(
     mesh=int(sharding.mesh.devices.size),
     devices=sorted({{len(leaf.sharding.device_set) for leaf in net}}),
     shard_rows=sorted({{shard.data.shape[0] for leaf in net for shard in leaf.addressable_shards}}),
     finite=bool(np.asarray(metrics["finite"]).all()
-                and all(np.isfinite(np.asarray(leaf)).all() for leaf in net)))))
+                and all(np.isfinite(np.asarray(leaf)).all() for leaf in net)))
+print(json.dumps(report))
 """
         try:
-            result = run_python(code, timeout=180, JAX_PLATFORMS="cpu",
-                                XLA_FLAGS="--xla_force_host_platform_device_count=2")
+            result = run_python(code, timeout=180, import_conftest=False, JAX_PLATFORMS="cpu",
+                                XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+                                          "--xla_backend_optimization_level=0")
         except subprocess.TimeoutExpired:
             pytest.fail("4 vmapped seeds on 2 devices did not finish in 180 s: the jax CPU "
                         "deadlock of batched linear algebra (see requirements.txt)")
         assert result.returncode == 0, describe(result)
-        report = json.loads(result.stdout.splitlines()[-1])
-        assert report == dict(mesh=2, devices=[2], shard_rows=[2], finite=True)
+        return json.loads(result.stdout.splitlines()[-1])
+
+    def test_importing_the_file_changes_no_jax_setting(self, fresh_process):
+        """Exposing CPU cores as devices happens only when the file runs, so a program that
+        imports it keeps its own devices."""
+        assert {key: fresh_process[key] for key in ("environ_unchanged", "num_cpu_devices_set",
+                                                   "jax_num_cpu_devices")} == dict(
+            environ_unchanged=True, num_cpu_devices_set=False, jax_num_cpu_devices=-1)
+
+    def test_seeds_shard_over_two_host_devices(self, fresh_process):
+        """Training as main does, on 2 host devices: 4 seeds split 2 and 2, in time."""
+        assert {key: fresh_process[key] for key in ("mesh", "devices", "shard_rows", "finite")
+                } == dict(mesh=2, devices=[2], shard_rows=[2], finite=True)
 
     def test_seed_axis_goes_to_the_largest_device_count_that_divides_it(self, module):
         """This process has a CPU device per core (conftest), as the command line: on 2 cores,
