@@ -37,16 +37,22 @@ OUR_COMPILE_OPTIONS = {"xla_cpu_multi_thread_eigen": False, "xla_backend_optimiz
 
 @dataclasses.dataclass(frozen=True)
 class Peer:
-    label: str
-    env: str
-    algo: str  # our algos/<algo>.py, run with flags
+    algo: str  # our algos/<algo>.py, run with flags, against rejax.get_algo(algo)
     flags: tuple[str, ...]
-    rejax_algo: str  # rejax.get_algo name
     # Keyword arguments of rejax's Algorithm.create, beyond env and total_timesteps (set here to
     # the steps our run trained). peers_rejax_runner.py also reads "anneal_lr" and sets
     # eval_freq to total_timesteps (one evaluation, after training) unless given.
     rejax_config: dict
     notes: str = ""  # what differs between the two, beyond speed
+    env: str = "CartPole-v1"
+
+    @property
+    def label(self) -> str:
+        return self.algo.upper()
+
+    @property
+    def rejax_algo(self) -> str:
+        return self.algo
 
     @property
     def our_command(self) -> str:
@@ -74,53 +80,47 @@ PQN_FLAGS = ("--num-envs", "32", "--num-steps", "64", "--update-epochs", "4",
              "--q-lambda", "0.65", "--gamma", "0.99", "--max-grad-norm", "10",
              "--start-e", "1.0", "--end-e", "0.05", "--exploration-fraction", "0.5")
 
+# Neither side normalises observations or rewards.
+RAW_INPUTS = dict(normalize_observations=False, normalize_rewards=False)
+
 PEERS = {
     "ppo": Peer(
-        label="PPO",
-        env="CartPole-v1",
         algo="ppo",
         flags=PPO_FLAGS,
-        rejax_algo="ppo",
         rejax_config=dict(
             num_envs=4, num_steps=128, num_epochs=4, num_minibatches=4,
             learning_rate=2.5e-4, anneal_lr="per_update", max_grad_norm=0.5,
             gamma=0.99, gae_lambda=0.95, clip_eps=0.2, ent_coef=0.01, vf_coef=0.5,
             agent_kwargs={"activation": "tanh", "hidden_layer_sizes": [64, 64]},
-            normalize_observations=False, normalize_rewards=False),
+            **RAW_INPUTS),
         notes=("rejax's PPO has separate actor and critic networks with an Adam each (eps "
                "1e-8), Flax's default initialisation, and `max_grad_norm` clips each gradient "
                "element (`optax.clip`) rather than the global norm; it has no annealing option, "
                "so its Adam is given the same linear schedule as ours."),
     ),
     "dqn": Peer(
-        label="DQN",
-        env="CartPole-v1",
         algo="dqn",
         flags=DQN_FLAGS,
-        rejax_algo="dqn",
         # num_epochs: gradient steps per iteration of num_envs steps; polyak 0: a copy.
         rejax_config=dict(
             num_envs=10, num_epochs=1, buffer_size=10_000, fill_buffer=10_000, batch_size=128,
             learning_rate=2.5e-4, target_update_freq=500, polyak=0.0, eps_start=1.0,
             eps_end=0.05, exploration_fraction=0.5, gamma=0.99, ddqn=False,
             agent_kwargs={"activation": "relu"}, hidden_layer_sizes=[120, 84],
-            normalize_observations=False, normalize_rewards=False),
+            **RAW_INPUTS),
         notes=("rejax's DQN takes uniformly random actions until the buffer holds "
                "`fill_buffer` transitions (ours: epsilon-greedy from the start, epsilon near 1), "
                "uses the squared TD error as ours does by default, and has no gradient clipping "
                "here (`max_grad_norm` infinite)."),
     ),
     "pqn": Peer(
-        label="PQN",
-        env="CartPole-v1",
         algo="pqn",
         flags=PQN_FLAGS,
-        rejax_algo="pqn",
         rejax_config=dict(
             num_envs=32, num_steps=64, num_epochs=4, num_minibatches=16, td_lambda=0.65,
             learning_rate=2.5e-4, anneal_lr="per_update", max_grad_norm=10.0, eps_start=1.0,
             eps_end=0.05, exploration_fraction=0.5, gamma=0.99, hidden_layer_sizes=[120, 84],
-            normalize_observations=False, normalize_rewards=False),
+            **RAW_INPUTS),
         notes=("rejax's PQN: LayerNorm and ReLU after each hidden layer as ours, Adam (ours: "
                "RAdam, as CleanRL's pqn.py), element-wise gradient clipping (`optax.clip`, ours: "
                "global norm), Flax's default initialisation; no annealing option, so its Adam "
