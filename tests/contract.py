@@ -226,10 +226,14 @@ class ContractTests:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def tiny_run(cls, tmp_path_factory):
+    def tiny_run(cls, tmp_path_factory, compilation_cache):
+        """The first run of this configuration in the session: it fills the compilation cache
+        with its programs (init, the training chunk and evaluation at least)."""
         log_dir = tmp_path_factory.mktemp("tiny")
+        entries = set(os.listdir(compilation_cache))
         result = run_algo(cls.algo.name, *TINY_FLAGS, *cls.algo.cli_flags, "--log-dir", log_dir)
         assert result.returncode == 0, describe(result)
+        assert len(set(os.listdir(compilation_cache)) - entries) >= 3
         return result, the_run(log_dir)
 
     def test_tiny_run_writes_summary_args_events_and_model(self, tiny_run):
@@ -289,10 +293,15 @@ class ContractTests:
             if "explained_variance" in self.algo.loss_tags:
                 assert all(v <= 1 for v in events["losses/explained_variance"].values())
 
-    def test_same_seed_reproduces_exactly_and_seeds_differ(self, tiny_run, tmp_path, module):
+    def test_same_seed_reproduces_exactly_and_seeds_differ(self, tiny_run, tmp_path, module,
+                                                           compilation_cache):
+        """Also: this second run of the tiny run's configuration compiles nothing, its programs
+        come from the compilation cache that the tiny run filled (no entry is added)."""
         _, first = tiny_run
+        entries = set(os.listdir(compilation_cache))
         result = run_algo(self.algo.name, *TINY_FLAGS, *self.algo.cli_flags, "--log-dir", tmp_path)
         assert result.returncode == 0, describe(result)
+        assert set(os.listdir(compilation_cache)) == entries
         second = the_run(tmp_path)
         with open(first.model, "rb") as f, open(second.model, "rb") as g:
             assert f.read() == g.read()
@@ -635,31 +644,22 @@ class ContractTests:
     # The single-file rule.
 
     def test_runs_when_copied_alone_into_an_empty_folder(self, tmp_path, tmp_path_factory):
-        """Copied alone, the file runs; run twice, the second run compiles nothing: its
-        programs come from the compilation cache, by default in ~/.cache/single-file-rl/jax
-        ($XDG_CACHE_HOME here), and no entry is added."""
+        """Copied alone, the file runs, and keeps its compiled programs in the default cache
+        folder, ~/.cache/single-file-rl/jax ($XDG_CACHE_HOME here). (That a rerun then
+        compiles nothing: test_same_seed_reproduces_exactly_and_seeds_differ.)"""
         name = f"{self.algo.name}.py"
         shutil.copy(algo_path(self.algo.name), tmp_path / name)
         cache_home = tmp_path_factory.mktemp("xdg_cache")
-        cache = cache_home / "single-file-rl" / "jax"
-        entries = []
-        for _ in range(2):
-            result = run_file(str(tmp_path / name), "--total-timesteps", 1024, "--num-chunks", 1,
-                              *self.algo.cli_flags, "--no-track", "--log-dir", "runs",
-                              cwd=tmp_path, XDG_CACHE_HOME=str(cache_home),
-                              JAX_COMPILATION_CACHE_DIR="")
-            assert result.returncode == 0, describe(result)
-            steps = int(re.search(r"^step\s+([\d,]+)", result.stdout, re.MULTILINE).group(1)
-                        .replace(",", ""))
-            entries.append(sorted(os.listdir(cache)))
-        assert len(entries[0]) >= 3  # init, the training chunk and evaluation at least
-        assert entries[1] == entries[0]
-        runs = [os.path.join(tmp_path, "runs", run) for run in os.listdir(tmp_path / "runs")]
-        assert len(runs) == 2
-        for run in runs:
-            with open(os.path.join(run, "summary.json")) as f:
-                assert json.load(f)["steps"] == steps > 0
+        result = run_file(str(tmp_path / name), "--total-timesteps", 1024, "--num-chunks", 1,
+                          *self.algo.cli_flags, "--no-track", "--log-dir", "runs", cwd=tmp_path,
+                          XDG_CACHE_HOME=str(cache_home), JAX_COMPILATION_CACHE_DIR="")
+        assert result.returncode == 0, describe(result)
+        steps = int(re.search(r"^step\s+([\d,]+)", result.stdout, re.MULTILINE).group(1)
+                    .replace(",", ""))
+        assert the_run(tmp_path / "runs").summary["steps"] == steps > 0
         assert sorted(os.listdir(tmp_path)) == [name, "runs"]
+        # init, the training chunk and evaluation at least
+        assert len(os.listdir(cache_home / "single-file-rl" / "jax")) >= 3
 
     def test_imports_only_the_allowed_libraries(self):
         allowed = {"numpy", "jax", "equinox", "optax", "rlax", "gymnax", "tyro", "tensorboardX"}
