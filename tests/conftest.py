@@ -46,8 +46,8 @@ pytest.register_assert_rewrite("contract")
 def compilation_cache(tmp_path_factory):
     """JAX's persistent compilation cache for this test session, in its temporary folder, so
     nothing stale leaks between sessions: a program compiled once, in this process or in a
-    subprocess of it, is loaded, not compiled, when a later test builds it again (the
-    --seed reproduction run, --eval-only after training, ...)."""
+    subprocess of it, is loaded, not compiled, when a later test builds it again (a
+    --eval-only run after training, ...)."""
     folder = str(tmp_path_factory.mktemp("jax_compilation_cache"))
     os.environ["JAX_COMPILATION_CACHE_DIR"] = folder  # the subprocesses' (subprocess_env)
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

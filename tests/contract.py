@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from conftest import (BAD, GOOD, RANDOM_LENGTH, SOMETIMES_NAN, START, TERMINATED_CHAIN,
-                      TRUNCATED_CHAIN, algo_path, assert_clean_error, describe, greedy_returns,
+                      TRUNCATED_CHAIN, Run, algo_path, assert_clean_error, describe, greedy_returns,
                       load_algo, run_algo, run_file, run_python, subprocess_env, the_run)
 
 
@@ -181,6 +181,30 @@ def small_flags(algo: Algo, **fields) -> list:
     return as_flags({**SMALL, **algo.fast, **fields})
 
 
+@dataclasses.dataclass
+class TinyRun:
+    """The file copied alone into an empty folder and run there, as a user who copies it
+    would: 2 chunks and 2 seeds, its compiled programs kept in the default cache folder,
+    ~/.cache/single-file-rl/jax (under $XDG_CACHE_HOME here)."""
+
+    result: subprocess.CompletedProcess
+    run: Run  # its run folder, under folder/runs
+    folder: str  # the copy's folder
+    cache_home: str  # $XDG_CACHE_HOME of the run
+
+    @property
+    def cache(self) -> str:
+        return os.path.join(self.cache_home, "single-file-rl", "jax")
+
+
+def run_copy(algo: Algo, folder, cache_home, log_dir) -> subprocess.CompletedProcess:
+    """TINY_FLAGS with the copy in folder, from folder, with no cache folder set by the
+    environment (so the default one, under cache_home)."""
+    return run_file(os.path.join(folder, f"{algo.name}.py"), *TINY_FLAGS, *algo.cli_flags,
+                    "--log-dir", log_dir, cwd=folder, XDG_CACHE_HOME=str(cache_home),
+                    JAX_COMPILATION_CACHE_DIR="")
+
+
 class ContractTests:
     algo: Algo  # set by the subclass
 
@@ -226,18 +250,15 @@ class ContractTests:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def tiny_run(cls, tmp_path_factory, compilation_cache):
-        """The first run of this configuration in the session: it fills the compilation cache
-        with its programs (init, the training chunk and evaluation at least)."""
-        log_dir = tmp_path_factory.mktemp("tiny")
-        entries = set(os.listdir(compilation_cache))
-        result = run_algo(cls.algo.name, *TINY_FLAGS, *cls.algo.cli_flags, "--log-dir", log_dir)
+    def tiny_run(cls, tmp_path_factory) -> TinyRun:
+        folder, cache_home = tmp_path_factory.mktemp("alone"), tmp_path_factory.mktemp("xdg")
+        shutil.copy(algo_path(cls.algo.name), folder / f"{cls.algo.name}.py")
+        result = run_copy(cls.algo, folder, cache_home, "runs")
         assert result.returncode == 0, describe(result)
-        assert len(set(os.listdir(compilation_cache)) - entries) >= 3
-        return result, the_run(log_dir)
+        return TinyRun(result, the_run(folder / "runs"), str(folder), str(cache_home))
 
     def test_tiny_run_writes_summary_args_events_and_model(self, tiny_run):
-        result, run = tiny_run
+        result, run = tiny_run.result, tiny_run.run
         chunk = self.algo.tiny_chunk_steps
         progress = [line for line in result.stdout.splitlines() if line.startswith("step")]
         assert [line.split("|")[0].split()[1] for line in progress] == [f"{chunk:,}",
@@ -293,15 +314,14 @@ class ContractTests:
             if "explained_variance" in self.algo.loss_tags:
                 assert all(v <= 1 for v in events["losses/explained_variance"].values())
 
-    def test_same_seed_reproduces_exactly_and_seeds_differ(self, tiny_run, tmp_path, module,
-                                                           compilation_cache):
+    def test_same_seed_reproduces_exactly_and_seeds_differ(self, tiny_run, tmp_path, module):
         """Also: this second run of the tiny run's configuration compiles nothing, its programs
-        come from the compilation cache that the tiny run filled (no entry is added)."""
-        _, first = tiny_run
-        entries = set(os.listdir(compilation_cache))
-        result = run_algo(self.algo.name, *TINY_FLAGS, *self.algo.cli_flags, "--log-dir", tmp_path)
+        come from the cache folder that the tiny run filled (no entry is added)."""
+        first = tiny_run.run
+        entries = set(os.listdir(tiny_run.cache))
+        result = run_copy(self.algo, tiny_run.folder, tiny_run.cache_home, tmp_path)
         assert result.returncode == 0, describe(result)
-        assert set(os.listdir(compilation_cache)) == entries
+        assert set(os.listdir(tiny_run.cache)) == entries
         second = the_run(tmp_path)
         with open(first.model, "rb") as f, open(second.model, "rb") as g:
             assert f.read() == g.read()
@@ -314,7 +334,7 @@ class ContractTests:
             assert not np.array_equal(leaf[0], leaf[1])
 
     def test_eval_only_loads_the_saved_model(self, tiny_run, tmp_path, module):
-        _, trained = tiny_run
+        trained = tiny_run.run
         result = run_main(module, "--load-model", trained.model, "--eval-only", "--log-dir",
                           tmp_path)
         assert result.returncode == 0, describe(result)
@@ -330,7 +350,7 @@ class ContractTests:
 
     def test_load_model_continues_training_from_it(self, tiny_run, tmp_path, module):
         """With a negligible learning rate, training from a loaded model keeps its weights."""
-        _, trained = tiny_run
+        trained = tiny_run.run
         result = run_main(module, "--load-model", trained.model, "--num-seeds", 2,
                           "--learning-rate", 1e-30, "--total-timesteps", 1024, "--num-chunks", 1,
                           "--save-model", "--no-track", *self.algo.cli_flags, "--log-dir", tmp_path)
@@ -552,7 +572,7 @@ class ContractTests:
         assert os.listdir(tmp_path) == []
 
     def test_bad_model_files_give_a_message(self, module, tiny_run, tmp_path):
-        _, run = tiny_run
+        run = tiny_run.run
         garbage = copy_run(run, tmp_path / "garbage", model_bytes=b"not a model" * 10)
         other_env = copy_run(run, tmp_path / "acrobot", env="Acrobot-v1")
         no_args = tmp_path / "alone" / "model.eqx"
@@ -643,23 +663,14 @@ class ContractTests:
     # -----------------------------------------------------------------------------------------
     # The single-file rule.
 
-    def test_runs_when_copied_alone_into_an_empty_folder(self, tmp_path, tmp_path_factory):
-        """Copied alone, the file runs, and keeps its compiled programs in the default cache
-        folder, ~/.cache/single-file-rl/jax ($XDG_CACHE_HOME here). (That a rerun then
-        compiles nothing: test_same_seed_reproduces_exactly_and_seeds_differ.)"""
-        name = f"{self.algo.name}.py"
-        shutil.copy(algo_path(self.algo.name), tmp_path / name)
-        cache_home = tmp_path_factory.mktemp("xdg_cache")
-        result = run_file(str(tmp_path / name), "--total-timesteps", 1024, "--num-chunks", 1,
-                          *self.algo.cli_flags, "--no-track", "--log-dir", "runs", cwd=tmp_path,
-                          XDG_CACHE_HOME=str(cache_home), JAX_COMPILATION_CACHE_DIR="")
-        assert result.returncode == 0, describe(result)
-        steps = int(re.search(r"^step\s+([\d,]+)", result.stdout, re.MULTILINE).group(1)
-                    .replace(",", ""))
-        assert the_run(tmp_path / "runs").summary["steps"] == steps > 0
-        assert sorted(os.listdir(tmp_path)) == [name, "runs"]
+    def test_runs_when_copied_alone_into_an_empty_folder(self, tiny_run):
+        """The tiny run is the file copied alone: it ran, wrote nothing beside itself but its
+        runs folder, and kept its compiled programs in the default cache folder (that a rerun
+        then compiles nothing: test_same_seed_reproduces_exactly_and_seeds_differ)."""
+        assert sorted(os.listdir(tiny_run.folder)) == [f"{self.algo.name}.py", "runs"]
+        assert tiny_run.run.summary["steps"] == 2 * self.algo.tiny_chunk_steps
         # init, the training chunk and evaluation at least
-        assert len(os.listdir(cache_home / "single-file-rl" / "jax")) >= 3
+        assert len(os.listdir(tiny_run.cache)) >= 3
 
     def test_imports_only_the_allowed_libraries(self):
         allowed = {"numpy", "jax", "equinox", "optax", "rlax", "gymnax", "tyro", "tensorboardX"}
