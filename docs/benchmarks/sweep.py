@@ -105,15 +105,19 @@ QR_DQN_VARIANTS = [
     # ... and kappa 1 at a quarter of the learning rate, as for c51.py
     (*returns.DQN_MOUNTAINCAR_FLAGS, "--huber-param", "1"),
 ]
-# PQN: the defaults of CleanRL's pqn.py (lambda 0.65, epsilon to 0.05 over half of training,
-# lr 2.5e-4); PureJaxQL's gymnax configuration's lambda 0.95 and shorter exploration (0.2), and
-# a larger learning rate.
+# PQN: its defaults (lambda 0.8); CleanRL's pqn.py defaults (lambda 0.65, epsilon to 0.05 over
+# half of training, lr 2.5e-4), the lambda that let CartPole-v1 fall late here; PureJaxQL's
+# gymnax configuration's lambda 0.95 and shorter exploration (0.2), and a larger learning rate.
+# Every variant states its lambda, so that its rows keep their meaning (the default was 0.65
+# until 2026-12-05).
 PQN_VARIANTS = [
     (),
+    ("--q-lambda", "0.65"),
+    ("--q-lambda", "0.5"),
     ("--q-lambda", "0.95"),
-    ("--learning-rate", "1e-3"),
+    ("--q-lambda", "0.65", "--learning-rate", "1e-3"),
     ("--q-lambda", "0.95", "--learning-rate", "1e-3"),
-    ("--exploration-fraction", "0.2"),
+    ("--q-lambda", "0.65", "--exploration-fraction", "0.2"),
     ("--q-lambda", "0.95", "--exploration-fraction", "0.2"),
     ("--q-lambda", "0.95", "--learning-rate", "1e-3", "--exploration-fraction", "0.2"),
     # MountainCar-v0: a still larger rate, and with it the RL Zoo's DQN settings for it
@@ -126,7 +130,7 @@ PQN_VARIANTS = [
     # larger rate, and a larger rate still
     ("--q-lambda", "0.95", "--learning-rate", "4e-3", "--num-envs", "128", "--num-steps", "16"),
     ("--q-lambda", "0.95", "--learning-rate", "4e-3", "--num-envs", "256", "--num-steps", "8"),
-    ("--learning-rate", "4e-3"),
+    ("--q-lambda", "0.65", "--learning-rate", "4e-3"),
     ("--q-lambda", "0.95", "--learning-rate", "1e-2"),
 ]
 
