@@ -193,6 +193,9 @@ def check_args(args: Args) -> None:
         raise ConfigError("--eval-only needs --load-model PATH")
 
 
+CONTINUOUS_FILES = "ppo_continuous.py"
+
+
 def has_discrete_actions(env_id: str) -> bool:
     """Whether a registered gymnax id builds, with a discrete action space."""
     try:
@@ -209,7 +212,7 @@ def make_env(args: Args):
     env, env_params = gymnax.make(args.env)
     if not hasattr(env.action_space(env_params), "n"):
         raise ConfigError(f"{args.env} has a continuous action space; {ALGO}.py handles discrete "
-                          "actions only")
+                          f"actions only (for continuous actions: {CONTINUOUS_FILES})")
     return env, env_params
 
 

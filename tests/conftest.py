@@ -35,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 from flax import struct as flax_struct  # noqa: E402
 from gymnax.environments import environment, spaces  # noqa: E402
+from gymnax.environments.classic_control import CartPole, Pendulum  # noqa: E402
 
 from algo_files import ROOT, TESTS_DIR, TOOLS_DIR, algo_path, load_algo, read_events  # noqa: E402,F401
 
@@ -306,11 +307,47 @@ RANDOM_LENGTH = "RandomLengthEpisodes-test"
 SOMETIMES_NAN = "SometimesNaNReward-test"
 
 
+# ---------------------------------------------------------------------------------------------
+# Continuous twins: each test environment above, and CartPole-v1, with one continuous action
+# in [-1, 1] in place of two discrete ones; an action above 0 acts as action 1, any other as
+# action 0. The continuous-action files pass the contract on them, with the sign of the
+# policy's mean action as their greedy action, so what is known of an environment holds for
+# its twin.
+
+
+class ContinuousActions:
+    """Mixin, placed before a two-action environment class: its continuous twin."""
+
+    def action_space(self, params=None):
+        return spaces.Box(-1.0, 1.0, (1,), jnp.float32)
+
+    def step_env(self, key, state, action, params):
+        return super().step_env(key, state, (action[0] > 0).astype(jnp.int32), params)
+
+
+def continuous_twin(env_id: str) -> str:
+    return f"{env_id.removesuffix('-test')}-continuous-test"
+
+
+class ShortPendulum(Pendulum):
+    """Pendulum-v1 with episodes of 9 steps (truncated), as short as a Catch-bsuite episode: a
+    continuous environment that gymnax renders, for the --capture-video tests."""
+
+    @property
+    def default_params(self):
+        return super().default_params.replace(max_steps_in_episode=9)
+
+
+SHORT_PENDULUM = "ShortPendulum-test"
+
+
 def register_test_envs() -> None:
-    for env_id, factory in [(TRUNCATED_CHAIN, TimeLimitChain),
-                            (TERMINATED_CHAIN, TerminatingTimeLimitChain),
-                            (RANDOM_LENGTH, RandomLengthEpisodes),
-                            (SOMETIMES_NAN, SometimesNaNReward)]:
+    discrete = [(TRUNCATED_CHAIN, TimeLimitChain), (TERMINATED_CHAIN, TerminatingTimeLimitChain),
+                (RANDOM_LENGTH, RandomLengthEpisodes), (SOMETIMES_NAN, SometimesNaNReward)]
+    twins = [(continuous_twin(env_id), type(f"Continuous{factory.__name__}",
+                                            (ContinuousActions, factory), {}))
+             for env_id, factory in [*discrete, ("CartPole-v1", CartPole)]]
+    for env_id, factory in [*discrete, *twins, (SHORT_PENDULUM, ShortPendulum)]:
         if env_id not in gymnax.registered_envs:
             gymnax.register(env_id, factory)
 

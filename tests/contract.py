@@ -30,9 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (BAD, GOOD, RANDOM_LENGTH, SOMETIMES_NAN, START, TERMINATED_CHAIN,
-                      TRUNCATED_CHAIN, Run, algo_path, assert_clean_error, describe, greedy_returns,
-                      load_algo, run_algo, run_file, run_python, subprocess_env, the_run)
+from conftest import (BAD, GOOD, RANDOM_LENGTH, SHORT_PENDULUM, SOMETIMES_NAN, START,
+                      TERMINATED_CHAIN, TRUNCATED_CHAIN, Run, algo_path, assert_clean_error,
+                      continuous_twin, describe, greedy_returns, load_algo, run_algo, run_file,
+                      run_python, subprocess_env, the_run)
 
 
 def actor_critic_head(network, obs):
@@ -44,6 +45,12 @@ def q_network_head(network, obs):
     """A Q-network's action values [A], and the greedy value max_a Q(obs, a)."""
     q = network(obs)
     return q, q.max()
+
+
+def gaussian_actor_critic_head(network, obs):
+    """A Gaussian actor-critic's mean action [A] and value []."""
+    mean, _, value = network(obs)
+    return mean, value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +67,7 @@ class Algo:
     # charts/learning_rate after each chunk of TINY_FLAGS; None: a constant rate, not logged
     tiny_learning_rates: tuple[float, float] | None
     chain: dict  # Args fields that learn the values of the time-limit chain (8 seeds)
-    learn_flags: tuple = ()  # flags with which 3 seeds reach LEARN_THRESHOLD on CartPole-v1
+    learn_flags: tuple = ()  # flags with which 3 seeds reach learn_threshold on learn_env
     # flags that every command-line run of the contract adds (a replay buffer's
     # --learning-starts must lie within the few thousand steps of a tiny run)
     cli_flags: tuple = ()
@@ -72,6 +79,30 @@ class Algo:
     # parameters against the defaults plus changed_flags_base
     changed_flags: tuple = ()
     changed_flags_base: dict = dataclasses.field(default_factory=dict)
+    # Box actions: the file trains on the continuous twins of the test environments (conftest),
+    # its greedy action is its mean, and that action's sign is the twins' discrete action
+    continuous: bool = False
+    # flags that keep a run from changing anything of a loaded model but its weights (a
+    # continuous file's running observation statistics)
+    frozen_flags: tuple = ()
+    # the learning test: environment, and the greedy return each of its 3 seeds reaches
+    learn_env: str = "CartPole-v1"
+    learn_threshold: float = 475
+
+    @property
+    def env(self) -> str:
+        """The file's default environment, that of the tiny run."""
+        return "Pendulum-v1" if self.continuous else "CartPole-v1"
+
+    def env_id(self, discrete_id: str) -> str:
+        """A test environment with two discrete actions (conftest), or its continuous twin."""
+        return continuous_twin(discrete_id) if self.continuous else discrete_id
+
+    def greedy(self, preferences):
+        """The head's action preferences [..., A] -> the greedy discrete action [...]: the
+        argmax, or for a continuous file the sign of its mean action (a twin's action)."""
+        preferences = np.asarray(preferences)
+        return (preferences[..., 0] > 0).astype(int) if self.continuous else preferences.argmax(-1)
 
 
 SHARED_FLAGS = ("--env", "--seed", "--num-seeds", "--total-timesteps", "--num-envs",
@@ -83,7 +114,6 @@ ACTOR_CRITIC_LOSS_TAGS = ("loss", "policy_loss", "value_loss", "entropy", "expla
 TINY_FLAGS = ("--total-timesteps", 6000, "--num-chunks", 2, "--num-seeds", 2, "--save-model")
 # Small runs (with Algo.fast): 2 environments x 16 steps per update, 2 updates in one chunk.
 SMALL = dict(num_envs=2, num_steps=16, total_timesteps=64, num_chunks=1)
-LEARN_THRESHOLD = 475  # CartPole-v1, each of 3 seeds, greedy evaluation return
 CHAIN_GAMMA = 0.9
 CATCH_EPISODE_STEPS = 9  # Catch-bsuite: the ball falls 9 rows, one per step
 
@@ -211,10 +241,20 @@ class ContractTests:
     def pytest_generate_tests(self, metafunc):
         """The bad inputs: the shared ones, then the algorithm's own."""
         if "bad_input" in metafunc.fixturenames:
+            if self.algo.continuous:
+                action_space = [
+                    (["--env", "NoSuchEnv-v0"], ["unknown environment 'NoSuchEnv-v0'",
+                                                 "Pendulum-v1", "MountainCarContinuous-v0"]),
+                    (["--env", "CartPole-v1"], ["discrete", "continuous actions only",
+                                                "ppo.py", "dqn.py"])]
+            else:
+                action_space = [
+                    (["--env", "NoSuchEnv-v0"], ["unknown environment 'NoSuchEnv-v0'",
+                                                 "CartPole-v1", "Breakout-MinAtar"]),
+                    (["--env", "Pendulum-v1"], ["continuous", "discrete actions only",
+                                                "ppo_continuous.py"])]
             cases = [
-                (["--env", "NoSuchEnv-v0"], ["unknown environment 'NoSuchEnv-v0'", "CartPole-v1",
-                                             "Breakout-MinAtar"]),
-                (["--env", "Pendulum-v1"], ["continuous", "discrete actions only"]),
+                *action_space,
                 (["--num-envs", 0], ["--num-envs", "positive"]),
                 (["--num-steps", -3], ["--num-steps", "positive"]),
                 (["--num-seeds", 0], ["--num-seeds", "positive"]),
@@ -237,6 +277,19 @@ class ContractTests:
     @classmethod
     def module(cls):
         return load_algo(cls.algo.name)
+
+    @classmethod
+    def acting(cls, module, state):
+        """What evaluate takes of a training state: the network, or a continuous file's Agent
+        (the network and its observation statistics)."""
+        if cls.algo.continuous:
+            return module.Agent(network=state.network, obs_rms=state.obs_rms)
+        return state.network
+
+    @classmethod
+    def load(cls, module, path):
+        """A saved model -> what evaluate takes, for all seeds."""
+        return (module.load_agents if cls.algo.continuous else module.load_networks)(path)[1]
 
     # -----------------------------------------------------------------------------------------
     # Command line: help, a tiny run end to end, loading.
@@ -265,14 +318,15 @@ class ContractTests:
                                                                         f"{2 * chunk:,}"]
         assert "eval return" in result.stdout.splitlines()[-1]
         assert "compile" in result.stdout.splitlines()[-1]
-        assert os.path.basename(run.path).startswith(f"CartPole-v1__{self.algo.name}__0__")
+        env = self.algo.env
+        assert os.path.basename(run.path).startswith(f"{env}__{self.algo.name}__0__")
 
         summary = run.summary
         for key in ["algo", "env", "args", "eval_returns", "train_returns", "sps",
                     "compile_seconds", "wall_seconds", "interrupted", "steps", "devices"]:
             assert key in summary, key
         assert "error" not in summary
-        assert (summary["algo"], summary["env"]) == (self.algo.name, "CartPole-v1")
+        assert (summary["algo"], summary["env"]) == (self.algo.name, env)
         assert summary["args"] == run.args
         assert run.args["total_timesteps"] == 6000 and run.args["num_seeds"] == 2
         assert summary["steps"] == 2 * chunk  # rounded down to whole chunks
@@ -283,7 +337,10 @@ class ContractTests:
         assert summary["wall_seconds"] > summary["compile_seconds"]
         for key in ["eval_returns", "train_returns"]:
             assert len(summary[key]) == 2, key
-            assert all(math.isfinite(r) and r >= 8 for r in summary[key]), key
+            # CartPole-v1 pays 1 per step and lasts 8 steps at least; Pendulum-v1 pays -16.3
+            # to 0 per step for 200 steps
+            low, high = (8, 500) if env == "CartPole-v1" else (-16.3 * 200, 0)
+            assert all(math.isfinite(r) and low <= r <= high for r in summary[key]), key
         assert os.path.getsize(run.model) > 0
 
         tags = ["charts/episodic_return", "charts/episodic_length", "charts/SPS"]
@@ -295,9 +352,11 @@ class ContractTests:
             for tag in tags:
                 assert sorted(events[tag]) == [chunk, 2 * chunk], tag
                 assert all(math.isfinite(v) for v in events[tag].values()), tag
-            # CartPole pays 1 per step: an episode's return is its length.
-            assert events["charts/episodic_return"] == pytest.approx(
-                events["charts/episodic_length"])
+            if env == "CartPole-v1":  # it pays 1 per step: an episode's return is its length
+                assert events["charts/episodic_return"] == pytest.approx(
+                    events["charts/episodic_length"])
+            else:  # Pendulum-v1's episodes end at its time limit
+                assert set(events["charts/episodic_length"].values()) == {200}
             assert events["charts/episodic_return"][2 * chunk] == pytest.approx(
                 summary["train_returns"][seed])
             assert events["eval/episodic_return"] == {
@@ -309,7 +368,7 @@ class ContractTests:
                                                           2 * chunk: pytest.approx(second)}
             else:
                 assert "charts/learning_rate" not in events
-            if "entropy" in self.algo.loss_tags:
+            if "entropy" in self.algo.loss_tags and not self.algo.continuous:
                 assert 0 < events["losses/entropy"][chunk] <= math.log(2) + 1e-6
             if "explained_variance" in self.algo.loss_tags:
                 assert all(v <= 1 for v in events["losses/explained_variance"].values())
@@ -328,8 +387,9 @@ class ContractTests:
         for key in ["eval_returns", "train_returns", "steps"]:
             assert first.summary[key] == second.summary[key], key
 
-        _, networks = module.load_networks(first.model)
-        for leaf in leaves(networks):
+        loaded = self.load(module, first.model)
+        # (a continuous file's observation statistics count the same steps in every seed)
+        for leaf in leaves(loaded.network if self.algo.continuous else loaded):
             assert leaf.shape[0] == 2
             assert not np.array_equal(leaf[0], leaf[1])
 
@@ -353,13 +413,13 @@ class ContractTests:
         trained = tiny_run.run
         result = run_main(module, "--load-model", trained.model, "--num-seeds", 2,
                           "--learning-rate", 1e-30, "--total-timesteps", 1024, "--num-chunks", 1,
-                          "--save-model", "--no-track", *self.algo.cli_flags, "--log-dir", tmp_path)
+                          "--save-model", "--no-track", "--env", self.algo.env,
+                          *self.algo.frozen_flags, *self.algo.cli_flags, "--log-dir", tmp_path)
         assert result.returncode == 0, describe(result)
         run = the_run(tmp_path)
         assert not any(name.startswith("seed_") for name in os.listdir(run.path))  # --no-track
-        _, before = module.load_networks(trained.model)
-        _, after = module.load_networks(run.model)
-        for a, b in zip(leaves(before), leaves(after)):
+        before, after = self.load(module, trained.model), self.load(module, run.model)
+        for a, b in zip(leaves(before), leaves(after), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-20)
         assert run.summary["eval_returns"] == pytest.approx(trained.summary["eval_returns"])
 
@@ -368,6 +428,8 @@ class ContractTests:
         DeepSea-bsuite runs of the --capture-video tests."""
         import gymnax
 
+        if self.algo.continuous:
+            pytest.skip("no continuous-action gymnax environment has image observations")
         env, env_params = gymnax.make("Breakout-MinAtar")
         obs_shape = env.observation_space(env_params).shape
         assert len(obs_shape) == 3
@@ -378,14 +440,14 @@ class ContractTests:
         assert logits.shape == (env.action_space(env_params).n,) and value.shape == ()
         assert all(np.isfinite(leaf).all() for leaf in leaves(state.network))
 
-    def test_learns_cartpole(self, tmp_path):
-        """Three seeds in one run, greedy evaluation."""
-        result = run_algo(self.algo.name, "--env", "CartPole-v1", "--num-seeds", 3,
+    def test_learns(self, tmp_path):
+        """Three seeds in one run on Algo.learn_env (CartPole-v1), greedy evaluation."""
+        result = run_algo(self.algo.name, "--env", self.algo.learn_env, "--num-seeds", 3,
                           *self.algo.learn_flags, "--no-track", "--log-dir", tmp_path, timeout=600)
         assert result.returncode == 0, describe(result)
         eval_returns = the_run(tmp_path).summary["eval_returns"]
         assert len(eval_returns) == 3
-        assert min(eval_returns) >= LEARN_THRESHOLD, eval_returns
+        assert min(eval_returns) >= self.algo.learn_threshold, eval_returns
 
     # -----------------------------------------------------------------------------------------
     # Each flag of the file's own changes training.
@@ -409,12 +471,12 @@ class ContractTests:
 
     def train_chain(self, module, env_id):
         """8 seeds on the chain -> (greedy action at start [S], values of start/good/bad [S, 3])."""
-        state, _ = run_small(module, self.algo, num_seeds=8, env=env_id, gamma=CHAIN_GAMMA,
-                             **self.algo.chain)
+        state, _ = run_small(module, self.algo, num_seeds=8, env=self.algo.env_id(env_id),
+                             gamma=CHAIN_GAMMA, **self.algo.chain)
         head = self.algo.head
-        logits, values = jax.vmap(lambda net: jax.vmap(lambda obs: head(net, obs))(jnp.eye(3)))(
-            state.network)
-        return np.asarray(logits[:, START].argmax(-1)), np.asarray(values)
+        preferences, values = jax.vmap(
+            lambda net: jax.vmap(lambda obs: head(net, obs))(jnp.eye(3)))(state.network)
+        return self.algo.greedy(preferences[:, START]), np.asarray(values)
 
     def test_truncation_bootstraps_from_the_final_observation(self, module):
         greedy, values = self.train_chain(module, TRUNCATED_CHAIN)
@@ -439,19 +501,24 @@ class ContractTests:
     @pytest.fixture(scope="class")
     @classmethod
     def untrained(cls, module):
-        """A network as init makes it (near-uniform policy) -> (network, its greedy action)."""
-        init, _, _ = module.make_train(small_args(module, cls.algo, env=RANDOM_LENGTH))
-        network = jax.jit(init)(jax.random.key(0)).network
-        logits, _ = cls.algo.head(network, jnp.ones(2))  # the environment's constant observation
-        if cls.algo.policy_starts_uniform:
-            assert abs(float(logits[1] - logits[0])) < 0.1  # a sampled policy takes both actions
-        return network, int(np.argmax(logits))
+        """An agent as init makes it (near-uniform policy) -> (what evaluate takes of it, its
+        greedy action)."""
+        env_id = cls.algo.env_id(RANDOM_LENGTH)
+        init, _, _ = module.make_train(small_args(module, cls.algo, env=env_id))
+        state = jax.jit(init)(jax.random.key(0))
+        # the environment's constant observation (normalised by a continuous file's initial
+        # statistics to itself)
+        preferences, _ = cls.algo.head(state.network, jnp.ones(2))
+        if cls.algo.policy_starts_uniform:  # a sampled policy takes both (twin) actions
+            spread = preferences[0] if cls.algo.continuous else preferences[1] - preferences[0]
+            assert abs(float(spread)) < 0.1
+        return cls.acting(module, state), int(cls.algo.greedy(preferences))
 
     def evaluate_untrained(self, module, untrained, episodes: int, **params):
-        network, _ = untrained
-        networks = jax.tree.map(lambda x: x[None], network)  # one seed
+        agent, _ = untrained
+        agents = jax.tree.map(lambda x: x[None], agent)  # one seed
         keys = jax.random.split(jax.random.key(1), (1, episodes))
-        return evaluate_all(module, networks, RANDOM_LENGTH, keys, **params)[0]
+        return evaluate_all(module, agents, self.algo.env_id(RANDOM_LENGTH), keys, **params)[0]
 
     def test_evaluation_is_greedy(self, module, untrained):
         """One-step episodes return 1 + the action taken: every one the argmax action."""
@@ -469,17 +536,18 @@ class ContractTests:
     def test_evaluation_runs_eval_episodes_episodes(self, module, tmp_path):
         """The keys and the compiled evaluation have one entry per episode, and main's
         eval_returns are the mean of exactly --eval-episodes episodes per seed."""
-        result = run_main(module, *small_flags(self.algo, env=RANDOM_LENGTH, num_seeds=2,
+        env_id = self.algo.env_id(RANDOM_LENGTH)
+        result = run_main(module, *small_flags(self.algo, env=env_id, num_seeds=2,
                                                eval_episodes=3, save_model=True, track=False,
                                                log_dir=tmp_path))
         assert result.returncode == 0, describe(result)
         run = the_run(tmp_path)
-        _, networks = module.load_networks(run.model)
+        networks = self.load(module, run.model)
         means = {}
         for episodes in (3, 10):
             _, eval_keys, _ = module.seed_keys(0, 2, episodes)
             assert eval_keys.shape == (2, episodes)
-            returns = evaluate_all(module, networks, RANDOM_LENGTH, eval_keys)
+            returns = evaluate_all(module, networks, env_id, eval_keys)
             assert returns.shape == (2, episodes)
             means[episodes] = returns.mean(axis=1)
         # Episode returns differ by key, so the mean tells how many episodes ran.
@@ -492,8 +560,10 @@ class ContractTests:
     @pytest.fixture(scope="class")
     @classmethod
     def catch_video_run(cls, module, tmp_path_factory):
+        """Catch-bsuite, or for a continuous file Pendulum-v1 in episodes as short."""
         log_dir = tmp_path_factory.mktemp("video")
-        result = run_main(module, *small_flags(cls.algo, env="Catch-bsuite", save_model=True,
+        env_id = SHORT_PENDULUM if cls.algo.continuous else "Catch-bsuite"
+        result = run_main(module, *small_flags(cls.algo, env=env_id, save_model=True,
                                                capture_video=True, track=False, log_dir=log_dir))
         assert result.returncode == 0, describe(result)
         return result, the_run(log_dir)
@@ -513,7 +583,7 @@ class ContractTests:
     def test_capture_video_writes_a_gif_of_one_episode(self, catch_video_run):
         result, run = catch_video_run
         self.assert_catch_gif(result, run)
-        # and the rank-2 observations ([10, 5]) trained
+        # and the rank-2 observations ([10, 5]) trained (Catch-bsuite)
         assert run.summary["steps"] == SMALL["total_timesteps"] and "error" not in run.summary
         assert all(math.isfinite(r) for r in run.summary["eval_returns"])
 
@@ -531,12 +601,13 @@ class ContractTests:
         assert line.split(": ", 1)[1] == trained_line.split(": ", 1)[1]
 
     def test_capture_video_without_a_renderer_is_a_message(self, tmp_path, module):
-        result = run_main(module, *small_flags(self.algo, env="DeepSea-bsuite", capture_video=True,
+        env_id = "Reacher-misc" if self.algo.continuous else "DeepSea-bsuite"
+        result = run_main(module, *small_flags(self.algo, env=env_id, capture_video=True,
                                                track=False, log_dir=tmp_path))
         assert result.returncode == 0, describe(result)
         messages = [line for line in result.stderr.splitlines() if "capture-video" in line]
         assert len(messages) == 1, describe(result)
-        assert "DeepSea-bsuite" in messages[0] and "renderer" in messages[0], messages[0]
+        assert env_id in messages[0] and "renderer" in messages[0], messages[0]
         assert "Traceback" not in result.stderr, describe(result)
         run = the_run(tmp_path)
         assert run.summary["steps"] == SMALL["total_timesteps"] and "error" not in run.summary
@@ -558,11 +629,15 @@ class ContractTests:
 
     def test_unknown_environment_lists_only_ids_it_can_train(self, module, tmp_path):
         message = refused(module, self.algo, "--env", "NoSuchEnv-v0", "--log-dir", tmp_path)
-        valid = message.split("Valid ids", 1)[1]
-        for env_id in ("CartPole-v1", "Acrobot-v1", "Breakout-MinAtar", "Catch-bsuite",
-                       TRUNCATED_CHAIN):
+        valid = set(message.split("Valid ids", 1)[1].split(": ", 1)[1].split(", "))
+        discrete = ("CartPole-v1", "Acrobot-v1", "Breakout-MinAtar", "Catch-bsuite", TRUNCATED_CHAIN)
+        continuous = ("Pendulum-v1", "MountainCarContinuous-v0", "Reacher-misc",
+                      continuous_twin(TRUNCATED_CHAIN))
+        if self.algo.continuous:
+            discrete, continuous = continuous, discrete
+        for env_id in discrete:  # (or continuous, for a continuous file): its own
             assert env_id in valid, env_id
-        for env_id in ("Pendulum-v1", "MountainCarContinuous-v0"):  # continuous actions
+        for env_id in continuous:
             assert env_id not in valid, env_id
 
     def test_bad_input_from_the_command_line(self, tmp_path):
@@ -574,7 +649,9 @@ class ContractTests:
     def test_bad_model_files_give_a_message(self, module, tiny_run, tmp_path):
         run = tiny_run.run
         garbage = copy_run(run, tmp_path / "garbage", model_bytes=b"not a model" * 10)
-        other_env = copy_run(run, tmp_path / "acrobot", env="Acrobot-v1")
+        # another environment, with observations of another shape
+        other_env = copy_run(run, tmp_path / "other_env", env="MountainCarContinuous-v0"
+                             if self.algo.continuous else "Acrobot-v1")
         no_args = tmp_path / "alone" / "model.eqx"
         no_args.parent.mkdir()
         shutil.copy(run.model, no_args)
@@ -583,7 +660,7 @@ class ContractTests:
             (["--load-model", other_env, "--eval-only"], ["cannot load", other_env]),
             (["--load-model", no_args, "--eval-only"], ["args.json", "beside"]),
             # Training on from a model of 2 seeds needs 2 seeds of the same environment.
-            (["--load-model", run.model, "--num-seeds", 1], ["holds 2 seeds of CartPole-v1",
+            (["--load-model", run.model, "--num-seeds", 1], [f"holds 2 seeds of {self.algo.env}",
                                                              "--num-seeds 2"]),
         ]
         for flags, fragments in cases:
@@ -597,7 +674,7 @@ class ContractTests:
         """SometimesNaNReward, one environment per seed: the reward of a poisoned episode turns
         NaN at step 51, in chunk 3 (steps 48 to 64) of 16 steps. The --seed is picked by running
         its keys in-process so that seed 1 goes non-finite and seed 0 stays finite."""
-        fields = dict(env=SOMETIMES_NAN, num_seeds=2, num_envs=1, num_steps=16,
+        fields = dict(env=self.algo.env_id(SOMETIMES_NAN), num_seeds=2, num_envs=1, num_steps=16,
                       total_timesteps=160, num_chunks=10, eval_episodes=2)
         # train = init, then train_chunk num_chunks times: the finiteness of each chunk
         _, _, train = module.make_train(small_args(module, self.algo, **fields))
@@ -620,11 +697,11 @@ class ContractTests:
         summary = run.summary
         assert "seed 1" in summary["error"] and "64" in summary["error"]
         assert summary["steps"] == 48
-        assert run.args["env"] == SOMETIMES_NAN and run.args["seed"] == picked[0]
+        assert run.args["env"] == fields["env"] and run.args["seed"] == picked[0]
         for agent in range(2):
             assert sorted(run.events(agent)[f"losses/{self.algo.loss_tags[0]}"]) == [16, 32, 48]
-        _, networks = module.load_networks(run.model)  # the model of the last finite chunk
-        assert all(np.isfinite(leaf).all() for leaf in leaves(networks))
+        # the model of the last finite chunk
+        assert all(np.isfinite(leaf).all() for leaf in leaves(self.load(module, run.model)))
 
     def test_ctrl_c_stops_after_the_chunk_and_saves(self, tmp_path, tmp_path_factory):
         """Also: --no-compile-cache writes no compilation cache."""
@@ -693,7 +770,8 @@ class ContractTests:
     def chunk_by_chunk(cls, module):
         """One environment of CartPole, 4 steps per chunk, chunks run until an episode ended;
         the Python body of train_chunk counts its traces."""
-        args = small_args(module, cls.algo, num_envs=1, num_steps=4, total_timesteps=4)
+        args = small_args(module, cls.algo, env=cls.algo.env_id("CartPole-v1"), num_envs=1,
+                          num_steps=4, total_timesteps=4)
         init, train_chunk, _ = module.make_train(args)
         traces = []
 
@@ -733,7 +811,8 @@ class ContractTests:
         assert (total <= 4 * len(history)).all() and (total > 4 * (len(history) - 1)).all()
 
     def test_chunk_without_finished_episode_logs_nothing(self, tmp_path, module):
-        result = run_main(module, *as_flags(self.algo.fast), "--num-envs", 1, "--num-steps", 4,
+        result = run_main(module, *as_flags(self.algo.fast), "--env",
+                          self.algo.env_id("CartPole-v1"), "--num-envs", 1, "--num-steps", 4,
                           "--total-timesteps", 200, "--num-chunks", 50, "--log-dir", tmp_path)
         assert result.returncode == 0, describe(result)
         progress = [line for line in result.stdout.splitlines() if line.startswith("step")]
@@ -822,7 +901,8 @@ print(json.dumps(report))
             train_keys, eval_keys, _ = module.seed_keys(0, 1, 2)
             state = jax.jit(init)(train_keys[0])
             state, metrics = jax.jit(train_chunk)(state)
-            returns = jax.jit(jax.vmap(lambda key: module.evaluate(state.network, key, env,
+            agent = self.acting(module, state)
+            returns = jax.jit(jax.vmap(lambda key: module.evaluate(agent, key, env,
                                                                    env_params)))(eval_keys[0])
         finally:
             jax.config.update("jax_debug_key_reuse", previous)
