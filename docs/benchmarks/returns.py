@@ -157,8 +157,18 @@ PQN_SETTINGS = {
                                 num_seeds=2),
 }
 
+# Continuous PPO: gymnax's README gives its gymnax-blines checkpoints (agents/<env>/ppo.yaml,
+# 1M steps) -130 on Pendulum-v1 and 92 on MountainCarContinuous-v0, listed as "PPO, ES": the
+# PPO learning curves of gymnax-blines (docs/lcurves.png) level off near -200 and near 0.
+GYMNAX_CHECKPOINT = "gymnax PPO/ES checkpoint"
+PPO_CONTINUOUS_SETTINGS = {
+    "Pendulum-v1": Setting(1_000_000, -130.0, f"-130 ({GYMNAX_CHECKPOINT}, 1M steps)"),
+    "MountainCarContinuous-v0": Setting(1_000_000, 92.0, f"92 ({GYMNAX_CHECKPOINT}, 1M steps)"),
+}
+
 SETTINGS = {"ppo": PPO_SETTINGS, "a2c": A2C_SETTINGS, "dqn": DQN_SETTINGS, "c51": C51_SETTINGS,
-            "qr_dqn": QR_DQN_SETTINGS, "pqn": PQN_SETTINGS}  # --algo: environments and flags
+            "qr_dqn": QR_DQN_SETTINGS, "pqn": PQN_SETTINGS,
+            "ppo_continuous": PPO_CONTINUOUS_SETTINGS}  # --algo: environments and flags
 
 
 def benchmark(algo: str, env: str, num_seeds: int, total_timesteps: int,
@@ -224,7 +234,8 @@ def render(algo: str, results: dict) -> str:
         f"`algos/{algo}.py` training all its seeds at once (`--num-seeds`), with "
         f"`--num-chunks {NUM_CHUNKS}` (log points) and the flags listed, otherwise defaults. "
         "Greedy eval: mean over seeds of each seed's mean return in "
-        f"`--eval-episodes {EVAL_EPISODES}` greedy (argmax) episodes at the end, ± std over seeds. Training "
+        f"`--eval-episodes {EVAL_EPISODES}` greedy episodes at the end (the argmax action, or the mean "
+        "of a continuous policy), ± std over seeds. Training "
         "return: the episodes finished in the last chunk. SPS counts the steps of all seeds, "
         "compile time excluded; wall is the whole process, compile included.\n\n"
         + common.markdown_table(

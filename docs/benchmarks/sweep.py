@@ -134,8 +134,21 @@ PQN_VARIANTS = [
     ("--q-lambda", "0.95", "--learning-rate", "1e-2"),
 ]
 
+# Continuous PPO: its defaults (CleanRL's ppo_continuous_action on 8 environments, with an
+# entropy bonus of 0.01), CleanRL's bonus of 0, a shorter horizon, and gymnax-blines' batch (32
+# environments x 16 steps, 4 x 4 minibatch steps, constant 5e-4). Shorter budgets, over which
+# the learning rate anneals sooner, are rows of their own (--total-timesteps).
+PPO_CONTINUOUS_VARIANTS = [
+    (),
+    ("--ent-coef", "0.0"),
+    ("--gamma", "0.95"),
+    ("--num-envs", "32", "--num-steps", "16", "--num-minibatches", "4", "--update-epochs", "4",
+     "--learning-rate", "5e-4", "--no-anneal-lr", "--max-grad-norm", "1.0"),
+]
+
 VARIANTS = {"ppo": PPO_VARIANTS, "a2c": A2C_VARIANTS, "dqn": DQN_VARIANTS, "c51": C51_VARIANTS,
-            "qr_dqn": QR_DQN_VARIANTS, "pqn": PQN_VARIANTS}
+            "qr_dqn": QR_DQN_VARIANTS, "pqn": PQN_VARIANTS,
+            "ppo_continuous": PPO_CONTINUOUS_VARIANTS}
 
 
 def render(algo: str, env: str, target: float, results: dict) -> str:
