@@ -112,8 +112,9 @@ class Args:
     """surrogate clipping epsilon"""
     clip_vloss: bool = True
     """clip the value loss around the old values, as the policy is clipped"""
-    ent_coef: float = 0.0
-    """entropy bonus coefficient"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient (CleanRL's continuous PPO has 0; without the bonus half the
+    seeds never found MountainCarContinuous-v0's goal, see docs/ppo_continuous.md)"""
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5
