@@ -2,6 +2,8 @@
 the continuous twins of its test environments, and the tests of what only continuous PPO has:
 the action mapping, the Gaussian log-probability, the running statistics."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,28 +11,20 @@ import pytest
 
 from algo_files import load_algo
 from conftest import the_run
-from contract import (ACTOR_CRITIC_LOSS_TAGS, Algo, ContractTests, gaussian_actor_critic_head,
-                      run_small)
+from contract import ContractTests, gaussian_actor_critic_head, run_small
+from test_ppo import PPO
 
-PPO_CONTINUOUS = Algo(
+# ppo.py's flags, bad inputs and logged losses, and the file's own
+PPO_CONTINUOUS = dataclasses.replace(
+    PPO,
     name="ppo_continuous",
-    fast=dict(num_minibatches=2, update_epochs=2),
-    help_flags=("--num-minibatches", "--update-epochs", "--clip-coef", "--no-norm-adv",
-                "--no-clip-vloss", "--no-anneal-lr", "--gae-lambda", "--no-norm-obs",
-                "--no-norm-reward"),
-    help_text="surrogate clipping epsilon",
-    bad_inputs=(
-        (["--update-epochs", 0], ["--update-epochs", "positive"]),
-        (["--num-minibatches", 3], ["--num-minibatches", "--num-envs", "divisible"]),
-    ),
-    loss_tags=ACTOR_CRITIC_LOSS_TAGS + ("approx_kl", "clipfrac"),
+    help_flags=PPO.help_flags + ("--no-norm-obs", "--no-norm-reward"),
     # With cli_flags' 64 steps: 6000 steps round down to 2 chunks of 5 updates of 8 x 64 steps;
     # the rate falls linearly to 0 over the 10 updates and is constant within one.
     tiny_chunk_steps=2560,
     tiny_learning_rates=(3e-4 * 0.6, 3e-4 * 0.1),
     # the chain's values are checked in its own units: no normalisation
-    chain=dict(num_envs=16, num_steps=8, num_minibatches=1, update_epochs=4,
-               total_timesteps=12_800, learning_rate=2.5e-3, norm_obs=False, norm_reward=False),
+    chain={**PPO.chain, "norm_obs": False, "norm_reward": False},
     # 200k steps: --seed 0 and --seed 2 (3 seeds each) scored -155.8 and -127.4 on average,
     # where the barely trained agents of 20k steps score about -1200
     learn_env="Pendulum-v1",
@@ -39,10 +33,7 @@ PPO_CONTINUOUS = Algo(
     # the contract's short runs (1024 steps in one chunk) need rollouts shorter than 8 x 256
     cli_flags=("--num-steps", 64),
     head=gaussian_actor_critic_head,
-    # learning rate 1e-2, so that the values move further than the clip range in one update
-    changed_flags=(("norm_adv", False), ("clip_vloss", False), ("anneal_lr", False),
-                   ("norm_obs", False), ("norm_reward", False)),
-    changed_flags_base=dict(learning_rate=1e-2),
+    changed_flags=PPO.changed_flags + (("norm_obs", False), ("norm_reward", False)),
     continuous=True,
     frozen_flags=("--no-norm-obs",),
 )
