@@ -45,6 +45,7 @@ class Peer:
     rejax_config: dict
     notes: str = ""  # what differs between the two, beyond speed
     env: str = "CartPole-v1"
+    rejax_name: str = ""  # rejax's name of the algorithm, when it is not ours
 
     @property
     def label(self) -> str:
@@ -52,7 +53,7 @@ class Peer:
 
     @property
     def rejax_algo(self) -> str:
-        return self.algo
+        return self.rejax_name or self.algo
 
     @property
     def our_command(self) -> str:
@@ -79,6 +80,13 @@ PQN_FLAGS = ("--num-envs", "32", "--num-steps", "64", "--update-epochs", "4",
              "--num-minibatches", "16", "--learning-rate", "2.5e-4", "--anneal-lr",
              "--q-lambda", "0.65", "--gamma", "0.99", "--max-grad-norm", "10",
              "--start-e", "1.0", "--end-e", "0.05", "--exploration-fraction", "0.5")
+
+# algos/ppo_continuous.py's defaults, stated as flags.
+PPO_CONTINUOUS_FLAGS = ("--num-envs", "8", "--num-steps", "256", "--update-epochs", "10",
+                        "--num-minibatches", "32", "--learning-rate", "3e-4", "--anneal-lr",
+                        "--gamma", "0.99", "--gae-lambda", "0.95", "--clip-coef", "0.2",
+                        "--ent-coef", "0.01", "--vf-coef", "0.5", "--max-grad-norm", "0.5",
+                        "--norm-obs", "--norm-reward")
 
 # Neither side normalises observations or rewards.
 RAW_INPUTS = dict(normalize_observations=False, normalize_rewards=False)
@@ -125,6 +133,23 @@ PEERS = {
                "RAdam, as CleanRL's pqn.py), element-wise gradient clipping (`optax.clip`, ours: "
                "global norm), Flax's default initialisation; no annealing option, so its Adam "
                "is given the same linear schedule as ours."),
+    ),
+    "ppo_continuous": Peer(
+        algo="ppo_continuous",
+        rejax_name="ppo",
+        env="Pendulum-v1",
+        flags=PPO_CONTINUOUS_FLAGS,
+        rejax_config=dict(
+            num_envs=8, num_steps=256, num_epochs=10, num_minibatches=32,
+            learning_rate=3e-4, anneal_lr="per_update", max_grad_norm=0.5,
+            gamma=0.99, gae_lambda=0.95, clip_eps=0.2, ent_coef=0.01, vf_coef=0.5,
+            agent_kwargs={"activation": "tanh", "hidden_layer_sizes": [64, 64]},
+            normalize_observations=True, normalize_rewards=True),
+        notes=("rejax's PPO on a Box action space: a Gaussian policy with a state-independent "
+               "log-std as ours, separate actor and critic with an Adam each, element-wise "
+               "gradient clipping, observation and reward normalisation without clipping to "
+               "[-10, 10], actions clipped to the environment's bounds; the same linear "
+               "schedule as ours is given to its Adam."),
     ),
 }
 
