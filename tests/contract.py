@@ -428,8 +428,6 @@ class ContractTests:
         DeepSea-bsuite runs of the --capture-video tests."""
         import gymnax
 
-        if self.algo.continuous:
-            pytest.skip("no continuous-action gymnax environment has image observations")
         env, env_params = gymnax.make("Breakout-MinAtar")
         obs_shape = env.observation_space(env_params).shape
         assert len(obs_shape) == 3

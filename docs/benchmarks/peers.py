@@ -91,16 +91,18 @@ PPO_CONTINUOUS_FLAGS = ("--num-envs", "8", "--num-steps", "256", "--update-epoch
 # Neither side normalises observations or rewards.
 RAW_INPUTS = dict(normalize_observations=False, normalize_rewards=False)
 
+# rejax's PPO configured as algos/ppo.py's defaults; ppo_continuous's row changes what differs.
+PPO_REJAX_CONFIG = dict(
+    num_envs=4, num_steps=128, num_epochs=4, num_minibatches=4,
+    learning_rate=2.5e-4, anneal_lr="per_update", max_grad_norm=0.5,
+    gamma=0.99, gae_lambda=0.95, clip_eps=0.2, ent_coef=0.01, vf_coef=0.5,
+    agent_kwargs={"activation": "tanh", "hidden_layer_sizes": [64, 64]}, **RAW_INPUTS)
+
 PEERS = {
     "ppo": Peer(
         algo="ppo",
         flags=PPO_FLAGS,
-        rejax_config=dict(
-            num_envs=4, num_steps=128, num_epochs=4, num_minibatches=4,
-            learning_rate=2.5e-4, anneal_lr="per_update", max_grad_norm=0.5,
-            gamma=0.99, gae_lambda=0.95, clip_eps=0.2, ent_coef=0.01, vf_coef=0.5,
-            agent_kwargs={"activation": "tanh", "hidden_layer_sizes": [64, 64]},
-            **RAW_INPUTS),
+        rejax_config=PPO_REJAX_CONFIG,
         notes=("rejax's PPO has separate actor and critic networks with an Adam each (eps "
                "1e-8), Flax's default initialisation, and `max_grad_norm` clips each gradient "
                "element (`optax.clip`) rather than the global norm; it has no annealing option, "
@@ -139,12 +141,9 @@ PEERS = {
         rejax_name="ppo",
         env="Pendulum-v1",
         flags=PPO_CONTINUOUS_FLAGS,
-        rejax_config=dict(
-            num_envs=8, num_steps=256, num_epochs=10, num_minibatches=32,
-            learning_rate=3e-4, anneal_lr="per_update", max_grad_norm=0.5,
-            gamma=0.99, gae_lambda=0.95, clip_eps=0.2, ent_coef=0.01, vf_coef=0.5,
-            agent_kwargs={"activation": "tanh", "hidden_layer_sizes": [64, 64]},
-            normalize_observations=True, normalize_rewards=True),
+        rejax_config={**PPO_REJAX_CONFIG, "num_envs": 8, "num_steps": 256, "num_epochs": 10,
+                      "num_minibatches": 32, "learning_rate": 3e-4,
+                      "normalize_observations": True, "normalize_rewards": True},
         notes=("rejax's PPO on a Box action space: a Gaussian policy with a state-independent "
                "log-std as ours, separate actor and critic with an Adam each, element-wise "
                "gradient clipping, observation and reward normalisation without clipping to "
