@@ -224,7 +224,7 @@ def check_args(args: Args) -> None:
         raise ConfigError("--eval-only needs --load-model PATH")
 
 
-CONTINUOUS_FILES = "ppo_continuous.py"
+CONTINUOUS_FILES = "ppo_continuous.py, sac.py, td3.py, ddpg.py"
 
 
 def has_discrete_actions(env_id: str) -> bool:

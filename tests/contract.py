@@ -53,6 +53,35 @@ def gaussian_actor_critic_head(network, obs):
     return mean, value
 
 
+def critic_value(network, obs, action):
+    """Q(obs, action) of a critic, or the smaller of twin critics' (leaves [2, ...])."""
+    if hasattr(network, "critics"):
+        return jax.vmap(lambda critic: critic(obs, action))(network.critics).min()
+    return network.critic(obs, action)
+
+
+def twin_action_critic_head(network, obs):
+    """The critics' view of a continuous twin's two actions, -1 (action 0) and +1 (action 1):
+    the preference Q(obs, +1) - Q(obs, -1) [1] and the better value. The chain tests of the
+    actor-critic replay files read it: a deterministic actor that follows the gradient of a
+    step-shaped Q(start, .) can stay on the side it first took (a local optimum of the policy
+    search), while what the chain tests is the targets' bootstrapping."""
+    q_0, q_1 = (critic_value(network, obs, jnp.full(1, a)) for a in (-1.0, 1.0))
+    return jnp.stack([q_1 - q_0]), jnp.maximum(q_0, q_1)
+
+
+def deterministic_actor_head(network, obs):
+    """A deterministic actor's action mu(obs) [A] and its critics' value of it (TD3, DDPG)."""
+    action = network.actor(obs)
+    return action, critic_value(network, obs, action)
+
+
+def squashed_gaussian_actor_head(network, obs):
+    """A tanh-squashed Gaussian actor's mean action tanh(mean) [A] and its critics' value (SAC)."""
+    mean, _ = network.actor(obs)
+    return jnp.tanh(mean), critic_value(network, obs, jnp.tanh(mean))
+
+
 @dataclasses.dataclass(frozen=True)
 class Algo:
     """What the contract tests need to know about one algorithm file."""
@@ -85,6 +114,11 @@ class Algo:
     # flags that keep a run from changing anything of a loaded model but its weights (a
     # continuous file's running observation statistics)
     frozen_flags: tuple = ()
+    # the file normalises observations by running statistics, saved with the network as an
+    # Agent(network, obs_rms) (ppo_continuous.py)
+    normalizes_obs: bool = False
+    # the head that the time-limit chain tests read; None: `head`
+    chain_head: Callable | None = None
     # the learning test: environment, and the greedy return each of its 3 seeds reaches
     learn_env: str = "CartPole-v1"
     learn_threshold: float = 475
@@ -252,7 +286,8 @@ class ContractTests:
                     (["--env", "NoSuchEnv-v0"], ["unknown environment 'NoSuchEnv-v0'",
                                                  "CartPole-v1", "Breakout-MinAtar"]),
                     (["--env", "Pendulum-v1"], ["continuous", "discrete actions only",
-                                                "ppo_continuous.py"])]
+                                                "ppo_continuous.py", "sac.py", "td3.py",
+                                                "ddpg.py"])]
             cases = [
                 *action_space,
                 (["--num-envs", 0], ["--num-envs", "positive"]),
@@ -280,16 +315,16 @@ class ContractTests:
 
     @classmethod
     def acting(cls, module, state):
-        """What evaluate takes of a training state: the network, or a continuous file's Agent
-        (the network and its observation statistics)."""
-        if cls.algo.continuous:
+        """What evaluate takes of a training state: the network, or the Agent of a file that
+        normalises observations (the network and its observation statistics)."""
+        if cls.algo.normalizes_obs:
             return module.Agent(network=state.network, obs_rms=state.obs_rms)
         return state.network
 
     @classmethod
     def load(cls, module, path):
         """A saved model -> what evaluate takes, for all seeds."""
-        return (module.load_agents if cls.algo.continuous else module.load_networks)(path)[1]
+        return (module.load_agents if cls.algo.normalizes_obs else module.load_networks)(path)[1]
 
     # -----------------------------------------------------------------------------------------
     # Command line: help, a tiny run end to end, loading.
@@ -388,8 +423,8 @@ class ContractTests:
             assert first.summary[key] == second.summary[key], key
 
         loaded = self.load(module, first.model)
-        # (a continuous file's observation statistics count the same steps in every seed)
-        for leaf in leaves(loaded.network if self.algo.continuous else loaded):
+        # (observation statistics count the same steps in every seed)
+        for leaf in leaves(loaded.network if self.algo.normalizes_obs else loaded):
             assert leaf.shape[0] == 2
             assert not np.array_equal(leaf[0], leaf[1])
 
@@ -471,7 +506,7 @@ class ContractTests:
         """8 seeds on the chain -> (greedy action at start [S], values of start/good/bad [S, 3])."""
         state, _ = run_small(module, self.algo, num_seeds=8, env=self.algo.env_id(env_id),
                              gamma=CHAIN_GAMMA, **self.algo.chain)
-        head = self.algo.head
+        head = self.algo.chain_head or self.algo.head
         preferences, values = jax.vmap(
             lambda net: jax.vmap(lambda obs: head(net, obs))(jnp.eye(3)))(state.network)
         return self.algo.greedy(preferences[:, START]), np.asarray(values)
@@ -742,7 +777,7 @@ class ContractTests:
         """The tiny run is the file copied alone: it ran, wrote nothing beside itself but its
         runs folder, and kept its compiled programs in the default cache folder (that a rerun
         then compiles nothing: test_same_seed_reproduces_exactly_and_seeds_differ)."""
-        assert sorted(os.listdir(tiny_run.folder)) == [f"{self.algo.name}.py", "runs"]
+        assert sorted(os.listdir(tiny_run.folder)) == sorted([f"{self.algo.name}.py", "runs"])
         assert tiny_run.run.summary["steps"] == 2 * self.algo.tiny_chunk_steps
         # init, the training chunk and evaluation at least
         assert len(os.listdir(tiny_run.cache)) >= 3
@@ -914,36 +949,40 @@ print(json.dumps(report))
 REPLAY_BAD_INPUTS = (
     (["--buffer-size", 100, "--batch-size", 128], ["--buffer-size", "--batch-size"]),
     # 10 environments: 105 transitions round down to 100
-    (["--buffer-size", 105, "--batch-size", 101], ["--buffer-size", "--num-envs", "101"]),
+    (["--num-envs", 10, "--buffer-size", 105, "--batch-size", 101],
+     ["--buffer-size", "--num-envs", "101"]),
     (["--learning-starts", 500_000], ["--learning-starts", "--total-timesteps"]),
     (["--learning-starts", -1], ["--learning-starts"]),
     (["--train-frequency", 3], ["--train-frequency", "--num-envs", "multiple"]),
     (["--batch-size", 0], ["--batch-size", "positive"]),
+    (["--tau", 0], ["--tau"]),
+)
+EPSILON_BAD_INPUTS = (
     (["--start-e", 1.5], ["--start-e", "[0, 1]"]),
     (["--end-e", -0.1], ["--end-e", "[0, 1]"]),
     (["--exploration-fraction", 0], ["--exploration-fraction"]),
-    (["--tau", 0], ["--tau"]),
 )
 REPLAY_HELP_FLAGS = ("--buffer-size", "--batch-size", "--learning-starts", "--train-frequency",
-                     "--target-network-frequency", "--tau", "--start-e", "--end-e",
-                     "--exploration-fraction", "--double-q")
+                     "--tau")
+Q_LEARNING_HELP_FLAGS = ("--target-network-frequency", "--start-e", "--end-e",
+                         "--exploration-fraction", "--double-q")
 
 
 def replay_algo(name: str, help_flags: tuple[str, ...], help_text: str, bad_inputs: tuple,
                 loss_tags: tuple[str, ...], head: Callable, fast: dict | None = None,
                 chain: dict | None = None, learn_flags: tuple = (),
                 changed_flags: tuple = ()) -> Algo:
-    """The Algo of a replay-buffer file: what dqn.py, c51.py and qr_dqn.py share, with the
-    file's own flags, bad inputs, logged losses and head; fast, chain and changed_flags add its
-    own."""
+    """The Algo of a Q-learning file with the replay buffer: what dqn.py, c51.py and qr_dqn.py
+    share, with the file's own flags, bad inputs, logged losses and head; fast, chain and
+    changed_flags add its own."""
     return Algo(
         name=name,
         # small runs: 2 environments x 16 steps per update, 8 gradient steps of 32 per update
         fast=dict(learning_starts=0, train_frequency=4, batch_size=32, buffer_size=256,
                   target_network_frequency=32, **(fast or {})),
-        help_flags=REPLAY_HELP_FLAGS + help_flags,
+        help_flags=REPLAY_HELP_FLAGS + Q_LEARNING_HELP_FLAGS + help_flags,
         help_text=help_text,
-        bad_inputs=(*bad_inputs, *REPLAY_BAD_INPUTS),
+        bad_inputs=(*bad_inputs, *REPLAY_BAD_INPUTS, *EPSILON_BAD_INPUTS),
         loss_tags=loss_tags,
         # 6000 steps round down to 2 chunks of 300 updates of 10 x 1 steps
         tiny_chunk_steps=3000,
@@ -959,6 +998,42 @@ def replay_algo(name: str, help_flags: tuple[str, ...], help_text: str, bad_inpu
         # targets differ
         changed_flags=(("double_q", True), *changed_flags),
         changed_flags_base=dict(learning_rate=1e-2, total_timesteps=192),
+    )
+
+
+def continuous_replay_algo(name: str, help_flags: tuple[str, ...], help_text: str,
+                           bad_inputs: tuple, loss_tags: tuple[str, ...], head: Callable,
+                           chain: dict, learn_flags: tuple, changed_flags: tuple) -> Algo:
+    """The Algo of an actor-critic file with the replay buffer: what sac.py, td3.py and
+    ddpg.py share, with the file's own flags, bad inputs, logged losses, head, chain settings,
+    learning run and changed flags."""
+    return Algo(
+        name=name,
+        # small runs: 2 environments x 16 steps per update, 8 gradient steps of 32 per update
+        fast=dict(learning_starts=0, train_frequency=4, batch_size=32, buffer_size=256),
+        help_flags=REPLAY_HELP_FLAGS + help_flags,
+        help_text=help_text,
+        bad_inputs=(*bad_inputs, *REPLAY_BAD_INPUTS),
+        loss_tags=loss_tags,
+        # 6000 steps round down to 2 chunks of 3000 updates of 1 x 1 steps
+        tiny_chunk_steps=3000,
+        tiny_learning_rates=None,  # Adam at a constant rate
+        # 16 environments, one gradient step per update, 1000 in all, every transition kept,
+        # wide exploration noise so that both twin actions are tried in every state
+        chain=dict(num_envs=16, num_steps=1, train_frequency=16, total_timesteps=16_000,
+                   learning_rate=1e-3, buffer_size=16_000, **chain),
+        chain_head=twin_action_critic_head,
+        learn_flags=learn_flags,
+        learn_env="Pendulum-v1",
+        learn_threshold=-250,
+        # command-line runs: learning from step 1000, on minibatches of 64 (256-256 networks
+        # on 256 transitions cost about 5 ms a gradient step on one core)
+        cli_flags=("--learning-starts", 1000, "--batch-size", 64),
+        head=head,
+        policy_starts_uniform=False,
+        changed_flags=changed_flags,
+        changed_flags_base=dict(learning_rate=1e-2, total_timesteps=192),
+        continuous=True,
     )
 
 
@@ -986,13 +1061,14 @@ class ReplayBufferTests:
     # Above 0 always; a file with a known scale of its first loss sets a bound (c51.py's
     # cross-entropy of near-uniform distributions on K atoms lies near log K).
     first_loss_below: float = math.inf
+    values_tag: str = "q_values"  # the logged action values, not 0 once learning runs
 
-    @staticmethod
-    def one_transition(module, value: float, num_envs: int):
+    def one_transition(self, module, value: float, num_envs: int):
         """A step of num_envs environments whose fields all hold `value` + the environment
-        index (observations of 2 entries)."""
+        index (observations of 2 entries; an action of 1 entry for a continuous file)."""
         fill = value + jnp.arange(num_envs, dtype=jnp.float32)
-        return module.Transition(obs=jnp.stack([fill, fill], axis=1), action=fill.astype(jnp.int32),
+        action = fill[:, None] if self.algo.continuous else fill.astype(jnp.int32)
+        return module.Transition(obs=jnp.stack([fill, fill], axis=1), action=action,
                                  reward=fill, terminated=fill,
                                  next_obs=jnp.stack([fill, -fill], axis=1))
 
@@ -1011,7 +1087,8 @@ class ReplayBufferTests:
         for env in range(num_envs):
             np.testing.assert_array_equal(stored.reward[env], expected + env)
             np.testing.assert_array_equal(stored.terminated[env], expected + env)
-            np.testing.assert_array_equal(stored.action[env], (expected + env).astype(int))
+            action = stored.action[env].ravel()  # [C], or [C, 1] for a continuous file
+            np.testing.assert_array_equal(action, (expected + env).astype(action.dtype))
             np.testing.assert_array_equal(stored.obs[env], np.stack([expected + env] * 2, 1))
             np.testing.assert_array_equal(stored.next_obs[env, :, 1], -(expected + env))
 
@@ -1055,11 +1132,59 @@ class ReplayBufferTests:
         # the update that reached step 96 and the one after: 8 gradient steps each
         assert int(states[3].learner.gradient_steps) == 8
         assert int(states[4].learner.gradient_steps) == 16
-        assert 0 < history[2][loss_tag] < self.first_loss_below and history[2]["q_values"] != 0
+        assert 0 < history[2][loss_tag] < self.first_loss_below
+        assert history[2][self.values_tag] != 0
 
 
 # ---------------------------------------------------------------------------------------------
 # Mixins for what some files share beyond the contract.
+
+
+class ContinuousActionTests:
+    """Mixed into the contract class of a continuous-action file: the networks act in [-1, 1]
+    and `to_env_action` maps that onto the environment's bounds."""
+
+    def test_actions_map_onto_the_environment_bounds(self, module):
+        """[-1, 1] onto [low, high] per dimension, linearly, clipped beyond: Pendulum-v1's torque
+        reaches +-2 (a policy clipped to [-1, 1] in the environment's units would stop at +-1)."""
+        import gymnax
+
+        env, env_params = gymnax.make("Pendulum-v1")
+        low, high = module.action_bounds(env, env_params)
+        np.testing.assert_array_equal(low, [-2.0])
+        np.testing.assert_array_equal(high, [2.0])
+        to_env = jax.vmap(lambda a: module.to_env_action(a, low, high))
+        np.testing.assert_allclose(to_env(jnp.array([[-3.0], [-1.0], [0.0], [0.5], [1.0], [7.0]])),
+                                   [[-2.0], [-2.0], [0.0], [1.0], [2.0], [2.0]])
+        # bounds that differ by dimension, and are not symmetric
+        low, high = jnp.array([0.0, -0.1]), jnp.array([1.0, 0.3])
+        np.testing.assert_allclose(module.to_env_action(jnp.array([-1.0, 1.0]), low, high),
+                                   [0.0, 0.3])
+        np.testing.assert_allclose(module.to_env_action(jnp.array([0.0, 0.0]), low, high),
+                                   [0.5, 0.1], rtol=1e-6)
+
+
+class RandomActionsTests:
+    """Mixed into the contract class of a continuous file with a replay buffer: uniform random
+    actions over the bounds until --learning-starts, the policy's after."""
+
+    # the spread of an untrained policy's actions stays below this (a deterministic actor plus
+    # its noise); None: a stochastic policy, whose first samples can spread as widely as
+    # uniform ones
+    policy_action_std_below: float | None = 0.4
+
+    def test_uniform_random_actions_before_learning_starts(self, module):
+        """2 environments x 16 steps per update, 4 updates, learning from step 100: each
+        environment's rows 0-49 (steps 0-99) hold uniform actions in [-1, 1], rows 50-63 the
+        untrained policy's, which are nothing like them."""
+        state, _ = run_small(module, self.algo, learning_starts=100, total_timesteps=128)
+        actions = np.asarray(state.buffer.transitions.action)[0, :, :, 0]  # [N, C] of seed 0
+        uniform, policy = actions[:, :50].ravel(), actions[:, 50:64].ravel()
+        assert -1 <= uniform.min() < -0.9 and 0.9 < uniform.max() <= 1
+        assert abs(uniform.mean()) < 0.15 and abs(uniform.std() - 1 / np.sqrt(3)) < 0.1
+        if self.policy_action_std_below is not None:  # near one action, the policy's
+            assert policy.std() < self.policy_action_std_below
+
 
 
 class TorsoTests:

@@ -11,7 +11,7 @@ import pytest
 
 from algo_files import load_algo
 from conftest import the_run
-from contract import ContractTests, gaussian_actor_critic_head, run_small
+from contract import ContinuousActionTests, ContractTests, gaussian_actor_critic_head, run_small
 from test_ppo import PPO
 
 # ppo.py's flags, bad inputs and logged losses, and the file's own
@@ -36,10 +36,11 @@ PPO_CONTINUOUS = dataclasses.replace(
     changed_flags=PPO.changed_flags + (("norm_obs", False), ("norm_reward", False)),
     continuous=True,
     frozen_flags=("--no-norm-obs",),
+    normalizes_obs=True,
 )
 
 
-class TestContract(ContractTests):
+class TestContract(ContinuousActionTests, ContractTests):
     algo = PPO_CONTINUOUS
     # no continuous-action gymnax environment has image observations: not collected here
     test_image_observations_train = None
@@ -48,26 +49,6 @@ class TestContract(ContractTests):
 @pytest.fixture(scope="module")
 def ppo_continuous():
     return load_algo("ppo_continuous")
-
-
-def test_actions_map_onto_the_environment_bounds(ppo_continuous):
-    """[-1, 1] onto [low, high] per dimension, linearly, clipped beyond: Pendulum-v1's torque
-    reaches +-2 (a policy clipped to [-1, 1] in the environment's units would stop at +-1)."""
-    import gymnax
-
-    env, env_params = gymnax.make("Pendulum-v1")
-    low, high = ppo_continuous.action_bounds(env, env_params)
-    np.testing.assert_array_equal(low, [-2.0])
-    np.testing.assert_array_equal(high, [2.0])
-    to_env = jax.vmap(lambda a: ppo_continuous.to_env_action(a, low, high))
-    np.testing.assert_allclose(to_env(jnp.array([[-3.0], [-1.0], [0.0], [0.5], [1.0], [7.0]])),
-                               [[-2.0], [-2.0], [0.0], [1.0], [2.0], [2.0]])
-    # bounds that differ by dimension, and are not symmetric
-    low, high = jnp.array([0.0, -0.1]), jnp.array([1.0, 0.3])
-    np.testing.assert_allclose(ppo_continuous.to_env_action(jnp.array([-1.0, 1.0]), low, high),
-                               [0.0, 0.3])
-    np.testing.assert_allclose(ppo_continuous.to_env_action(jnp.array([0.0, 0.0]), low, high),
-                               [0.5, 0.1], rtol=1e-6)
 
 
 def test_log_prob_and_entropy_of_the_diagonal_gaussian(ppo_continuous):

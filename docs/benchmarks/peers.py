@@ -88,6 +88,20 @@ PPO_CONTINUOUS_FLAGS = ("--num-envs", "8", "--num-steps", "256", "--update-epoch
                         "--ent-coef", "0.01", "--vf-coef", "0.5", "--max-grad-norm", "0.5",
                         "--norm-obs", "--norm-reward")
 
+# algos/td3.py's and algos/sac.py's defaults, stated as flags (the shared ones, then their own).
+OFF_POLICY_FLAGS = ("--num-envs", "1", "--num-steps", "1", "--train-frequency", "1",
+                    "--buffer-size", "1000000", "--batch-size", "256", "--learning-starts", "1000",
+                    "--learning-rate", "1e-3", "--gamma", "0.99", "--tau", "0.005")
+TD3_FLAGS = (*OFF_POLICY_FLAGS, "--policy-noise", "0.2", "--noise-clip", "0.5",
+             "--exploration-noise", "0.1", "--policy-frequency", "2")
+SAC_FLAGS = (*OFF_POLICY_FLAGS, "--autotune")
+# rejax's SAC and TD3 configured as those defaults: one environment, one gradient step per
+# step, 256-256 ReLU networks (rebuilt by the runner: rejax's TD3 fixes 64-64), a buffer of 1M,
+# polyak = 1 - tau.
+OFF_POLICY_REJAX_CONFIG = dict(
+    num_envs=1, num_epochs=1, buffer_size=1_000_000, fill_buffer=1_000, batch_size=256,
+    learning_rate=1e-3, gamma=0.99, polyak=0.995, hidden_layer_sizes=[256, 256])
+
 # Neither side normalises observations or rewards.
 RAW_INPUTS = dict(normalize_observations=False, normalize_rewards=False)
 
@@ -135,6 +149,30 @@ PEERS = {
                "RAdam, as CleanRL's pqn.py), element-wise gradient clipping (`optax.clip`, ours: "
                "global norm), Flax's default initialisation; no annealing option, so its Adam "
                "is given the same linear schedule as ours."),
+    ),
+    "sac": Peer(
+        algo="sac",
+        env="Pendulum-v1",
+        flags=SAC_FLAGS,
+        rejax_config={**OFF_POLICY_REJAX_CONFIG, "agent_kwargs": {"activation": "relu"}},
+        notes=("rejax's SAC: twin critics, a tanh-squashed Gaussian with log-std in [-10, 2] "
+               "(ours [-5, 2]) whose log-probability leaves out the log of the action scale, "
+               "the temperature tuned towards -|A| as ours, Flax's default initialisation, "
+               "uniform random actions until `fill_buffer`; actor, critics and temperature "
+               "every step as ours."),
+    ),
+    "td3": Peer(
+        algo="td3",
+        env="Pendulum-v1",
+        flags=TD3_FLAGS,
+        rejax_config={**OFF_POLICY_REJAX_CONFIG, "exploration_noise": 0.1, "target_noise": 0.2,
+                      "target_noise_clip": 0.5, "policy_delay": 2,
+                      "actor_kwargs": {"activation": "relu"},
+                      "critic_kwargs": {"activation": "relu"}},
+        notes=("rejax's TD3: twin critics, smoothing noise and delay as ours (its noises are "
+               "scaled by the action range as ours), Flax's default initialisation, uniform "
+               "random actions until `fill_buffer`; its episode ends at a time limit are "
+               "terminal (ours bootstrap)."),
     ),
     "ppo_continuous": Peer(
         algo="ppo_continuous",

@@ -19,7 +19,8 @@ Config extras handled here, not by rejax:
       on-policy algorithms (rejax has no annealing option; its optax.adam takes the schedule).
   "hidden_layer_sizes": rebuilds the agent with these layer sizes after create(), for the
       algorithms whose create_agent fixes them (DQN and PQN: 64-64, and passing them in
-      agent_kwargs is an error there).
+      agent_kwargs is an error there; TD3's actor and critic: 64-64), actor and critic both
+      for the actor-critic algorithms (SAC, TD3).
 `--no-eval` replaces rejax's evaluation by a no-op, so that the timed call trains only.
 """
 
@@ -78,7 +79,12 @@ def main() -> None:
 
     algo = rejax.get_algo(cli.algo).create(**config)
     if hidden_layer_sizes is not None:
-        algo = algo.replace(agent=algo.agent.clone(hidden_layer_sizes=tuple(hidden_layer_sizes)))
+        sizes = tuple(hidden_layer_sizes)
+        if hasattr(algo, "agent"):
+            algo = algo.replace(agent=algo.agent.clone(hidden_layer_sizes=sizes))
+        else:  # actor-critic algorithms (SAC, TD3): both networks
+            algo = algo.replace(actor=algo.actor.clone(hidden_layer_sizes=sizes),
+                                critic=algo.critic.clone(hidden_layer_sizes=sizes))
     if cli.no_eval:
         algo = algo.replace(eval_callback=lambda algo, ts, rng: ())
 

@@ -166,9 +166,18 @@ PPO_CONTINUOUS_SETTINGS = {
     "MountainCarContinuous-v0": Setting(1_000_000, 92.0, f"92 ({GYMNAX_CHECKPOINT}, 1M steps)"),
 }
 
+# The off-policy continuous family: RL Zoo's benchmark.md (one agent per environment, tuned
+# hyperparameters of hyperparams/<algo>.yml) at its Pendulum-v1 budget of 20k steps.
+RL_ZOO_OFF_POLICY = "RL Zoo"
+SAC_SETTINGS = {"Pendulum-v1": Setting(20_000, -157.0, f"-157 ({RL_ZOO_OFF_POLICY} SAC, 20k steps)")}
+TD3_SETTINGS = {"Pendulum-v1": Setting(20_000, -152.0, f"-152 ({RL_ZOO_OFF_POLICY} TD3, 20k steps)")}
+DDPG_SETTINGS = {"Pendulum-v1": Setting(20_000, -152.0,
+                                        f"-152 ({RL_ZOO_OFF_POLICY} DDPG, 20k steps)")}
+
 SETTINGS = {"ppo": PPO_SETTINGS, "a2c": A2C_SETTINGS, "dqn": DQN_SETTINGS, "c51": C51_SETTINGS,
             "qr_dqn": QR_DQN_SETTINGS, "pqn": PQN_SETTINGS,
-            "ppo_continuous": PPO_CONTINUOUS_SETTINGS}  # --algo: environments and flags
+            "ppo_continuous": PPO_CONTINUOUS_SETTINGS, "sac": SAC_SETTINGS, "td3": TD3_SETTINGS,
+            "ddpg": DDPG_SETTINGS}  # --algo: environments and flags
 
 
 def benchmark(algo: str, env: str, num_seeds: int, total_timesteps: int,
@@ -221,7 +230,8 @@ def render(algo: str, results: dict) -> str:
         if env not in results:
             continue
         r = results[env]
-        rows.append([env, f"{r['steps']:,}", r["seeds"], " ".join(r["flags"]) or "defaults",
+        flags = ([f"--seed {r['seed']}"] if r.get("seed") else []) + r["flags"]
+        rows.append([env, f"{r['steps']:,}", r["seeds"], " ".join(flags) or "defaults",
                      common.mean_std(r["eval_returns"]), common.mean_std(r["train_returns"]),
                      setting.reference_note, f"{r['sps']:,.0f}", f"{r['compile_seconds']:.1f}",
                      f"{r['process_seconds']:.0f}"])
@@ -267,6 +277,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown file (default returns.md in the algorithm's results)")
     parser.add_argument("--log-dir", type=Path, default=common.LOG_DIR / "returns")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="--seed of the runs: another value trains an independent set")
     cli = parser.parse_args()
     settings = SETTINGS[cli.algo]
     envs = cli.envs or list(settings)
@@ -282,7 +294,8 @@ def main() -> None:
         num_seeds = cli.seeds or setting.num_seeds or 8
         steps = timesteps.get(env, timesteps.get(None, setting.total_timesteps))
         print(f"{env}: {num_seeds} seeds x {steps:,} steps", flush=True)
-        results[env] = benchmark(cli.algo, env, num_seeds, steps, setting.flags, cli.log_dir)
+        results[env] = benchmark(cli.algo, env, num_seeds, steps, setting.flags, cli.log_dir,
+                                 cli.seed)
         common.save_json(results_path, results)
         plot(results[env], setting, out.parent / f"{env}.png")
     common.write_text(out, render(cli.algo, results))
