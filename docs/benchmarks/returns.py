@@ -224,7 +224,13 @@ def plot(result: dict, setting: Setting, path: Path) -> None:
     common.report_written(path)
 
 
-def render(algo: str, results: dict) -> str:
+def plot_name(env: str, out: Path) -> str:
+    """The learning curve's file beside `out`: <env>.png for returns.md, <env>_<x>.png for
+    returns_<x>.md (another seed set)."""
+    return f"{env}{out.stem.removeprefix('returns')}.png"
+
+
+def render(algo: str, results: dict, out: Path) -> str:
     rows, machines = [], []
     for env, setting in SETTINGS[algo].items():
         if env not in results:
@@ -236,7 +242,7 @@ def render(algo: str, results: dict) -> str:
                      setting.reference_note, f"{r['sps']:,.0f}", f"{r['compile_seconds']:.1f}",
                      f"{r['process_seconds']:.0f}"])
         machines.append(f"- {env}: {r['machine']}")
-    plots = [f"![{env}]({env}.png)" for env in SETTINGS[algo] if env in results]
+    plots = [f"![{env}]({plot_name(env, out)})" for env in SETTINGS[algo] if env in results]
     command = "returns.py" + ("" if algo == "ppo" else f" --algo {algo}")
     return (
         f"# {algo.upper()} returns\n\n"
@@ -297,8 +303,8 @@ def main() -> None:
         results[env] = benchmark(cli.algo, env, num_seeds, steps, setting.flags, cli.log_dir,
                                  cli.seed)
         common.save_json(results_path, results)
-        plot(results[env], setting, out.parent / f"{env}.png")
-    common.write_text(out, render(cli.algo, results))
+        plot(results[env], setting, out.parent / plot_name(env, out))
+    common.write_text(out, render(cli.algo, results, out))
 
 
 if __name__ == "__main__":
