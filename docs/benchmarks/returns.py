@@ -47,7 +47,7 @@ CLEANRL = "CleanRL"
 @dataclasses.dataclass(frozen=True)
 class Setting:
     total_timesteps: int  # environment steps per seed
-    reference: float  # published return (a line on the plot)
+    reference: float | None  # published return (a line on the plot); None: none published
     reference_note: str
     flags: tuple[str, ...] = ()  # command-line flags beyond the algorithm's defaults
     num_seeds: int | None = None  # None: --seeds
@@ -161,18 +161,37 @@ PQN_SETTINGS = {
 # 1M steps) -130 on Pendulum-v1 and 92 on MountainCarContinuous-v0, listed as "PPO, ES": the
 # PPO learning curves of gymnax-blines (docs/lcurves.png) level off near -200 and near 0.
 GYMNAX_CHECKPOINT = "gymnax PPO/ES checkpoint"
+# gymnax's "misc" continuous environment with two joint torques in [-1, 1] and 100-step
+# episodes: reported without a goal (no published return to compare with).
+NONE_PUBLISHED = "none published"
 PPO_CONTINUOUS_SETTINGS = {
     "Pendulum-v1": Setting(1_000_000, -130.0, f"-130 ({GYMNAX_CHECKPOINT}, 1M steps)"),
     "MountainCarContinuous-v0": Setting(1_000_000, 92.0, f"92 ({GYMNAX_CHECKPOINT}, 1M steps)"),
+    "Reacher-misc": Setting(1_000_000, None, NONE_PUBLISHED),
 }
 
 # The off-policy continuous family: RL Zoo's benchmark.md (one agent per environment, tuned
 # hyperparameters of hyperparams/<algo>.yml) at its Pendulum-v1 budget of 20k steps.
 RL_ZOO_OFF_POLICY = "RL Zoo"
-SAC_SETTINGS = {"Pendulum-v1": Setting(20_000, -157.0, f"-157 ({RL_ZOO_OFF_POLICY} SAC, 20k steps)")}
-TD3_SETTINGS = {"Pendulum-v1": Setting(20_000, -152.0, f"-152 ({RL_ZOO_OFF_POLICY} TD3, 20k steps)")}
-DDPG_SETTINGS = {"Pendulum-v1": Setting(20_000, -152.0,
-                                        f"-152 ({RL_ZOO_OFF_POLICY} DDPG, 20k steps)")}
+# MountainCarContinuous-v0: RL Zoo's budgets and returns, reached with gSDE (SAC) and
+# Ornstein-Uhlenbeck noise of 0.5 (TD3, DDPG), which these files do not have. Reacher-misc at
+# the Pendulum-v1 budget: 200 episodes.
+REACHER_OFF_POLICY = Setting(20_000, None, NONE_PUBLISHED)
+SAC_SETTINGS = {
+    "Pendulum-v1": Setting(20_000, -157.0, f"-157 ({RL_ZOO_OFF_POLICY} SAC, 20k steps)"),
+    "MountainCarContinuous-v0": Setting(50_000, 94.7,
+                                        f"94.7 ({RL_ZOO_OFF_POLICY} SAC, gSDE, 50k steps)"),
+    "Reacher-misc": REACHER_OFF_POLICY}
+TD3_SETTINGS = {
+    "Pendulum-v1": Setting(20_000, -152.0, f"-152 ({RL_ZOO_OFF_POLICY} TD3, 20k steps)"),
+    "MountainCarContinuous-v0": Setting(300_000, 93.5,
+                                        f"93.5 ({RL_ZOO_OFF_POLICY} TD3, OU noise, 300k steps)"),
+    "Reacher-misc": REACHER_OFF_POLICY}
+DDPG_SETTINGS = {
+    "Pendulum-v1": Setting(20_000, -152.0, f"-152 ({RL_ZOO_OFF_POLICY} DDPG, 20k steps)"),
+    "MountainCarContinuous-v0": Setting(300_000, 93.5,
+                                        f"93.5 ({RL_ZOO_OFF_POLICY} DDPG, OU noise, 300k steps)"),
+    "Reacher-misc": REACHER_OFF_POLICY}
 
 SETTINGS = {"ppo": PPO_SETTINGS, "a2c": A2C_SETTINGS, "dqn": DQN_SETTINGS, "c51": C51_SETTINGS,
             "qr_dqn": QR_DQN_SETTINGS, "pqn": PQN_SETTINGS,
@@ -212,7 +231,9 @@ def plot(result: dict, setting: Setting, path: Path) -> None:
             label=f"{result['algo'].upper()} (this repo), training episodes")
     ax.fill_between(curve["steps"], curve["mean"] - curve["std"], curve["mean"] + curve["std"],
                     alpha=0.3)
-    ax.axhline(setting.reference, color="gray", linestyle="--", label=setting.reference_note)
+    if setting.reference is not None:
+        ax.axhline(setting.reference, color="gray", linestyle="--",
+                   label=setting.reference_note)
     ax.set_xlabel("environment steps per seed")
     ax.set_ylabel("episodic return")
     ax.set_title(f"{result['env']}: mean ± std over {result['seeds']} seeds")
