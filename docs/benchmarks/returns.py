@@ -161,8 +161,8 @@ PQN_SETTINGS = {
 # 1M steps) -130 on Pendulum-v1 and 92 on MountainCarContinuous-v0, listed as "PPO, ES": the
 # PPO learning curves of gymnax-blines (docs/lcurves.png) level off near -200 and near 0.
 GYMNAX_CHECKPOINT = "gymnax PPO/ES checkpoint"
-# gymnax's "misc" continuous environment with two joint torques in [-1, 1] and 100-step
-# episodes: reported without a goal (no published return to compare with).
+# Reacher-misc (gymnax's "misc" continuous environment: two joint torques in [-1, 1], 100-step
+# episodes) is reported without a goal: no published return to compare with.
 NONE_PUBLISHED = "none published"
 PPO_CONTINUOUS_SETTINGS = {
     "Pendulum-v1": Setting(1_000_000, -130.0, f"-130 ({GYMNAX_CHECKPOINT}, 1M steps)"),
