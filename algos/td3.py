@@ -7,10 +7,11 @@ makes the target r + gamma min_i Q'_i(s', a'); target-policy smoothing, a' = mu'
 clipped Gaussian noise; and delayed updates, one actor and target-network step every
 `policy_frequency` critic steps. Targets follow the online networks by Polyak averaging
 (`tau`). Transitions come from `num_envs` parallel environments acting with Gaussian
-exploration noise (uniform random actions before `learning_starts`) and go into a replay
-buffer, from which minibatches are sampled uniformly. The networks act in [-1, 1] per
-dimension and the file maps actions linearly onto the environment's bounds, so every noise
-is in units of half the action range. Everything, the environments and the buffer included,
+exploration noise, independent at each step or correlated in time (an Ornstein-Uhlenbeck
+process, `noise_correlation`), with uniform random actions before `learning_starts`, and go
+into a replay buffer, from which minibatches are sampled uniformly. The networks act in
+[-1, 1] per dimension and the file maps actions linearly onto the environment's bounds, so
+every noise is in units of half the action range. Everything, the environments and the buffer included,
 runs inside one jitted `lax.scan`; `--num-seeds N` trains N agents at once. The defaults are
 CleanRL's td3_continuous_action except where docs/td3.md says why.
 Implementation details, measured returns and speed: docs/td3.md.
@@ -112,6 +113,10 @@ class Args:
     """the smoothing noise is clipped to [-noise_clip, noise_clip]"""
     exploration_noise: float = 0.1
     """standard deviation of the Gaussian exploration noise (in units of half the action range)"""
+    noise_correlation: float = 0.0
+    """correlation of one environment's exploration noise between consecutive steps, in [0, 1):
+    an Ornstein-Uhlenbeck process (AR(1)) restarted at 0 at every episode start, its std tending
+    to --exploration-noise; 0 is independent Gaussian noise at every step"""
     policy_frequency: int = 2
     """critic steps per actor and target-network step (the delay)"""
     learning_starts: int = 1_000
@@ -194,6 +199,8 @@ def check_args(args: Args) -> None:
         if not getattr(args, name) >= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative, "
                               f"got {getattr(args, name)}")
+    if not 0 <= args.noise_correlation < 1:
+        raise ConfigError(f"--noise-correlation must lie in [0, 1), got {args.noise_correlation}")
     if args.eval_only and args.load_model is None:
         raise ConfigError("--eval-only needs --load-model PATH")
 
@@ -407,6 +414,7 @@ class EnvCarry(NamedTuple):
     obs: jax.Array
     episode_return: jax.Array  # return of the running episode so far
     episode_length: jax.Array
+    noise: jax.Array  # [A], the last step's exploration noise (0 at an episode start)
 
 
 class EpisodeEnd(NamedTuple):
@@ -459,7 +467,7 @@ def make_train(args: Args):
         network = ActorCritic(network_key, obs_shape, action_dim)
         obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, N), env_params)
         envs = EnvCarry(env_state=env_state, obs=obs, episode_return=jnp.zeros(N),
-                        episode_length=jnp.zeros(N, jnp.int32))
+                        episode_length=jnp.zeros(N, jnp.int32), noise=jnp.zeros((N, action_dim)))
         one = Transition(obs=obs[0], action=jnp.zeros(action_dim), reward=jnp.float32(0),
                          terminated=jnp.float32(0), next_obs=obs[0])
         learner = Learner(network=network, target_network=network,
@@ -493,7 +501,7 @@ def make_train(args: Args):
         each step written to the buffer -> ((envs, buffer), episode ends [T, N])."""
         noise_key, random_key, step_key = jax.random.split(key, 3)
         # The rollout's randomness, drawn before the scan.
-        noise = args.exploration_noise * jax.random.normal(noise_key, (T, N, action_dim))
+        white_noise = args.exploration_noise * jax.random.normal(noise_key, (T, N, action_dim))
         random_action = jax.random.uniform(random_key, (T, N, action_dim), minval=-1.0, maxval=1.0)
         step_keys = jax.random.split(step_key, (T, N))
         step_all = jax.vmap(env_step, in_axes=(None, 0, None, 0, 0, 0))
@@ -503,13 +511,20 @@ def make_train(args: Args):
             envs, (transition, episode_end) = step_all(actor, envs, *xs)
             return (envs, buffer_add(buffer, transition)), episode_end
 
-        return jax.lax.scan(step, (envs, buffer), (random_phase, noise, random_action, step_keys))
+        return jax.lax.scan(step, (envs, buffer), (random_phase, white_noise, random_action,
+                                                   step_keys))
 
-    def env_step(actor: Actor, carry: EnvCarry, random_phase, noise, random_action, key):
-        """One step of one environment: mu(s) plus Gaussian noise, clipped to [-1, 1], or
-        before learning_starts a uniform random action. The noise and the random action are
-        drawn before the rollout."""
-        action = jnp.where(random_phase, random_action, jnp.clip(actor(carry.obs) + noise, -1, 1))
+    def env_step(actor: Actor, carry: EnvCarry, random_phase, white_noise, random_action, key):
+        """One step of one environment: mu(s) plus exploration noise, clipped to [-1, 1], or
+        before learning_starts a uniform random action. The white noise N(0, exploration_noise)
+        [A] and the random action are drawn before the rollout."""
+        # AR(1), rho x + sqrt(1 - rho^2) white: the same std in the long run. rho = 0 keeps
+        # the program of independent noise as it was (bit for bit: docs/td3.md's returns).
+        rho = args.noise_correlation
+        noise = (white_noise if rho == 0
+                 else rho * carry.noise + math.sqrt(1 - rho**2) * white_noise)
+        explore = jnp.clip(actor(carry.obs) + noise, -1, 1)
+        action = jnp.where(random_phase, random_action, explore)
         obs, env_state, reward, terminated, truncated, info = env.step(
             key, carry.env_state, to_env_action(action, low, high), env_params)
         reward = reward.astype(jnp.float32)
@@ -521,7 +536,7 @@ def make_train(args: Args):
                                 next_obs=info["final_observation"])
         episode_end = EpisodeEnd(done, episode_return, episode_length)  # counted only where done
         carry = EnvCarry(env_state=env_state, obs=obs, episode_return=episode_return * ~done,
-                         episode_length=episode_length * ~done)
+                         episode_length=episode_length * ~done, noise=noise * ~done)
         return carry, (transition, episode_end)
 
     def learn(learner: Learner, buffer: ReplayBuffer, key):

@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 
 from algo_files import load_algo
-from contract import (ContinuousActionTests, ContractTests, RandomActionsTests, ReplayBufferTests,
+from contract import (ContinuousActionTests, ContractTests, CorrelatedNoiseTests,
+                      RandomActionsTests, ReplayBufferTests,
                       continuous_replay_algo, deterministic_actor_head, same_networks,
                       train_chunks)
 
 TD3 = continuous_replay_algo(
     "td3", help_flags=("--policy-noise", "--noise-clip", "--exploration-noise",
-                       "--policy-frequency"),
+                       "--noise-correlation", "--policy-frequency"),
     help_text="critic steps per actor and target-network step",
     bad_inputs=((["--policy-noise", -0.1], ["--policy-noise", "negative"]),
-                (["--policy-frequency", 0], ["--policy-frequency", "positive"])),
+                (["--policy-frequency", 0], ["--policy-frequency", "positive"]),
+                (["--noise-correlation", 1.0], ["--noise-correlation", "[0, 1)"])),
     loss_tags=("qf_loss", "qf1_loss", "qf2_loss", "qf1_values", "qf2_values", "actor_loss"),
     head=deterministic_actor_head,
     # targets that follow fast enough for 1000 gradient steps to reach the chain's values
@@ -25,11 +27,12 @@ TD3 = continuous_replay_algo(
     # 10k steps: 2 seeds near -110, one at -352 (the actor, delayed, learns later than DDPG's)
     learn_flags=("--total-timesteps", 15_000, "--batch-size", 64),
     changed_flags=(("policy_noise", 0.5), ("noise_clip", 0.05), ("exploration_noise", 0.5),
-                   ("policy_frequency", 1), ("tau", 0.5)),
+                   ("noise_correlation", 0.9), ("policy_frequency", 1), ("tau", 0.5)),
 )
 
 
-class TestContract(ContinuousActionTests, RandomActionsTests, ReplayBufferTests, ContractTests):
+class TestContract(ContinuousActionTests, RandomActionsTests, CorrelatedNoiseTests,
+                   ReplayBufferTests, ContractTests):
     algo = TD3
     values_tag = "qf1_values"
     # no continuous-action gymnax environment has image observations: not collected here

@@ -174,8 +174,15 @@ PPO_CONTINUOUS_SETTINGS = {
 # hyperparameters of hyperparams/<algo>.yml) at its Pendulum-v1 budget of 20k steps.
 RL_ZOO_OFF_POLICY = "RL Zoo"
 # MountainCarContinuous-v0: RL Zoo's budgets and returns, reached with gSDE (SAC) and
-# Ornstein-Uhlenbeck noise of 0.5 (TD3, DDPG), which these files do not have. Reacher-misc at
-# the Pendulum-v1 budget: 200 episodes.
+# Ornstein-Uhlenbeck noise (TD3, DDPG: sigma 0.5, theta 0.15, dt 0.01, which is an AR(1) of
+# correlation 1 - theta dt = 0.9985 and stationary std sigma / sqrt(2 theta) = 0.91, so
+# --noise-correlation 0.9985 --exploration-noise 0.9). sac.py has no such exploration. TD3 and
+# DDPG run 4 environments with one gradient step per 4 environment steps: 200k steps in the
+# time of 50k at 1 x 1 (on --seed 1, 4 seeds of td3.py: 68.7 after 120k steps that way, 35.6
+# after 30k at 1 x 1; chosen there, reported on --seed 5 and 6). Reacher-misc at the
+# Pendulum-v1 budget: 200 episodes.
+OU_MOUNTAINCAR_FLAGS = ("--noise-correlation", "0.9985", "--exploration-noise", "0.9",
+                        "--num-envs", "4", "--train-frequency", "4")
 REACHER_OFF_POLICY = Setting(20_000, None, NONE_PUBLISHED)
 SAC_SETTINGS = {
     "Pendulum-v1": Setting(20_000, -157.0, f"-157 ({RL_ZOO_OFF_POLICY} SAC, 20k steps)"),
@@ -184,13 +191,15 @@ SAC_SETTINGS = {
     "Reacher-misc": REACHER_OFF_POLICY}
 TD3_SETTINGS = {
     "Pendulum-v1": Setting(20_000, -152.0, f"-152 ({RL_ZOO_OFF_POLICY} TD3, 20k steps)"),
-    "MountainCarContinuous-v0": Setting(300_000, 93.5,
-                                        f"93.5 ({RL_ZOO_OFF_POLICY} TD3, OU noise, 300k steps)"),
+    "MountainCarContinuous-v0": Setting(200_000, 93.5,
+                                        f"93.5 ({RL_ZOO_OFF_POLICY} TD3, OU noise, 300k steps)",
+                                        OU_MOUNTAINCAR_FLAGS),
     "Reacher-misc": REACHER_OFF_POLICY}
 DDPG_SETTINGS = {
     "Pendulum-v1": Setting(20_000, -152.0, f"-152 ({RL_ZOO_OFF_POLICY} DDPG, 20k steps)"),
-    "MountainCarContinuous-v0": Setting(300_000, 93.5,
-                                        f"93.5 ({RL_ZOO_OFF_POLICY} DDPG, OU noise, 300k steps)"),
+    "MountainCarContinuous-v0": Setting(200_000, 93.5,
+                                        f"93.5 ({RL_ZOO_OFF_POLICY} DDPG, OU noise, 300k steps)",
+                                        OU_MOUNTAINCAR_FLAGS),
     "Reacher-misc": REACHER_OFF_POLICY}
 
 SETTINGS = {"ppo": PPO_SETTINGS, "a2c": A2C_SETTINGS, "dqn": DQN_SETTINGS, "c51": C51_SETTINGS,
