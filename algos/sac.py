@@ -7,8 +7,10 @@ log pi(a'|s')), a' drawn from the current policy, with target critics that follo
 averaging (`tau`); the policy, a tanh-squashed Gaussian, minimises alpha log pi(a|s) -
 min_i Q_i(s, a) through the reparameterised sample; the temperature alpha moves so that the
 policy's entropy approaches the target -|A|. Transitions come from `num_envs` parallel
-environments acting with samples of the policy (uniform random actions before
-`learning_starts`) and go into a replay buffer, from which minibatches are sampled uniformly.
+environments acting with samples of the policy, independent at each step or correlated in
+time (`noise_correlation`: an Ornstein-Uhlenbeck process for the sample's standard normal),
+with uniform random actions before `learning_starts`, and go into a replay buffer, from which
+minibatches are sampled uniformly.
 The networks act in [-1, 1] per dimension and the file maps actions linearly onto the
 environment's bounds; log pi includes the tanh's and that map's change of variables.
 Everything, the environments and the buffer included, runs inside one jitted `lax.scan`;
@@ -34,6 +36,7 @@ Reading guide, top to bottom:
     Args             the flags and their defaults
     ActorCritic      the networks: a tanh-squashed Gaussian actor and twin critics
     sample_action    an action and its log-probability, with the changes of variables
+                     (reparameterised_action: the same from a given standard normal)
     critic_loss      the critics' loss of one transition; actor_loss, alpha_loss
     ReplayBuffer     the replay buffer: buffer_init, buffer_add, buffer_sample
     make_train       one update's outline (update_step), then its stages in order:
@@ -112,6 +115,11 @@ class Args:
     """tune the temperature alpha towards the target entropy -|A| (it starts at 1)"""
     alpha: float = 0.2
     """the temperature with --no-autotune"""
+    noise_correlation: float = 0.0
+    """correlation of one environment's sampling noise between consecutive steps when acting, in
+    [0, 1): the standard normal of the policy's sample becomes an Ornstein-Uhlenbeck process
+    (AR(1), std 1 in the long run), restarted at 0 at every episode start; 0 is SAC's
+    independent sample at every step. The losses always sample independently"""
     learning_starts: int = 1_000
     """environment steps of uniform random actions before the first gradient step"""
     train_frequency: int = 1
@@ -190,6 +198,8 @@ def check_args(args: Args) -> None:
         raise ConfigError(f"--tau must lie in (0, 1], got {args.tau}")
     if not args.alpha > 0:
         raise ConfigError(f"--alpha must be positive, got {args.alpha}")
+    if not 0 <= args.noise_correlation < 1:
+        raise ConfigError(f"--noise-correlation must lie in [0, 1), got {args.noise_correlation}")
     if args.eval_only and args.load_model is None:
         raise ConfigError("--eval-only needs --load-model PATH")
 
@@ -326,11 +336,18 @@ def gaussian_log_prob(u, mean, log_std):
 
 def sample_action(actor: Actor, obs, key, action_scale):
     """A reparameterised sample a = tanh(u), u ~ N(mean, std^2) -> (a [A] in [-1, 1],
-    log pi(a|s) []). The log-probability is that of the action the environment receives,
-    low + (a + 1) action_scale: the Gaussian's, minus log |da/du| = log(1 - a^2) of the tanh
-    and log(action_scale) of the map onto the bounds, per dimension (as CleanRL's)."""
+    log pi(a|s) []), from a standard normal drawn with `key`."""
+    return reparameterised_action(actor, obs, jax.random.normal(key, action_scale.shape),
+                                  action_scale)
+
+
+def reparameterised_action(actor: Actor, obs, noise, action_scale):
+    """The action of a standard normal `noise` [A]: a = tanh(u), u = mean + std noise -> (a [A]
+    in [-1, 1], log pi(a|s) []). The log-probability is that of the action the environment
+    receives, low + (a + 1) action_scale: the Gaussian's, minus log |da/du| = log(1 - a^2) of
+    the tanh and log(action_scale) of the map onto the bounds, per dimension (as CleanRL's)."""
     mean, log_std = actor(obs)
-    u = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+    u = mean + jnp.exp(log_std) * noise
     action = jnp.tanh(u)
     log_prob = gaussian_log_prob(u, mean, log_std) - jnp.sum(
         jnp.log(action_scale * (1 - action**2) + 1e-6))
@@ -425,6 +442,7 @@ class EnvCarry(NamedTuple):
     obs: jax.Array
     episode_return: jax.Array  # return of the running episode so far
     episode_length: jax.Array
+    noise: jax.Array  # [A], the last step's standard normal of the policy's sample (0 at a start)
 
 
 class EpisodeEnd(NamedTuple):
@@ -480,7 +498,7 @@ def make_train(args: Args):
         network = ActorCritic(network_key, obs_shape, action_dim)
         obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, N), env_params)
         envs = EnvCarry(env_state=env_state, obs=obs, episode_return=jnp.zeros(N),
-                        episode_length=jnp.zeros(N, jnp.int32))
+                        episode_length=jnp.zeros(N, jnp.int32), noise=jnp.zeros((N, action_dim)))
         one = Transition(obs=obs[0], action=jnp.zeros(action_dim), reward=jnp.float32(0),
                          terminated=jnp.float32(0), next_obs=obs[0])
         # alpha starts at 1 when tuned (CleanRL, SB3)
@@ -532,7 +550,13 @@ def make_train(args: Args):
     def env_step(actor: Actor, carry: EnvCarry, random_phase, action_key, random_action, key):
         """One step of one environment: a sample of the policy, or before learning_starts a
         uniform random action (drawn before the rollout)."""
-        sampled, _ = sample_action(actor, carry.obs, action_key, action_scale)
+        # AR(1), rho x + sqrt(1 - rho^2) N(0, 1): std 1 in the long run. rho = 0 keeps the
+        # program of independent samples as it was (bit for bit: docs/sac.md's returns).
+        rho = args.noise_correlation
+        white_noise = jax.random.normal(action_key, (action_dim,))
+        noise = (white_noise if rho == 0
+                 else rho * carry.noise + math.sqrt(1 - rho**2) * white_noise)
+        sampled, _ = reparameterised_action(actor, carry.obs, noise, action_scale)
         action = jnp.where(random_phase, random_action, sampled)
         obs, env_state, reward, terminated, truncated, info = env.step(
             key, carry.env_state, to_env_action(action, low, high), env_params)
@@ -545,7 +569,7 @@ def make_train(args: Args):
                                 next_obs=info["final_observation"])
         episode_end = EpisodeEnd(done, episode_return, episode_length)  # counted only where done
         carry = EnvCarry(env_state=env_state, obs=obs, episode_return=episode_return * ~done,
-                         episode_length=episode_length * ~done)
+                         episode_length=episode_length * ~done, noise=noise * ~done)
         return carry, (transition, episode_end)
 
     def learn(learner: Learner, buffer: ReplayBuffer, key):

@@ -1187,23 +1187,31 @@ class RandomActionsTests:
 
 
 class CorrelatedNoiseTests:
-    """Mixed into the contract class of a file with a deterministic actor, --exploration-noise
-    and --noise-correlation (td3.py, ddpg.py): each environment's exploration noise is an
-    AR(1) (Ornstein-Uhlenbeck) process restarted at 0 at every episode start, and its action
-    is clip(mu(s) + noise, -1, 1)."""
+    """Mixed into the contract class of a continuous file with a replay buffer and
+    --noise-correlation: each environment's exploration noise is an AR(1) (Ornstein-Uhlenbeck)
+    process restarted at 0 at every episode start, and the action is that of the noise."""
+
+    # the flag of the noise's std in the long run (td3.py, ddpg.py); None: a standard normal
+    # (sac.py's, which the policy's std scales)
+    noise_std_flag: str | None = "exploration_noise"
+
+    def action_of_noise(self, module, actor, obs, noise):
+        """The action of an actor given its noise: clip(mu(s) + noise, -1, 1)."""
+        return jnp.clip(actor(obs) + noise, -1, 1)
 
     def test_exploration_noise_is_ar1_and_restarts_with_each_episode(self, module):
         """256 environments of a 9-step Pendulum, one step per chunk, the actor kept as it was
         (a learning rate of 1e-30): after its t-th step of an episode an environment's noise has
         the AR(1) std sigma sqrt(1 - rho^2t) (white noise: sigma at every step), the innovations
         x_t - rho x_t-1 have std sigma sqrt(1 - rho^2), the noise is 0 after an episode's last
-        step, and every action is clip(mu(s) + noise, -1, 1)."""
-        rho, sigma, num_envs, steps = 0.9, 0.5, 256, 10
+        step, and every action is the action of its noise."""
+        rho, num_envs, steps = 0.9, 256, 10
+        sigma = 0.5 if self.noise_std_flag else 1.0
+        std_flag = {self.noise_std_flag: sigma} if self.noise_std_flag else {}
         states, _ = train_chunks(module, self.algo, steps, env=SHORT_PENDULUM, num_envs=num_envs,
                                  num_steps=1, train_frequency=num_envs, num_chunks=steps,
                                  total_timesteps=steps * num_envs, buffer_size=16 * num_envs,
-                                 learning_rate=1e-30, exploration_noise=sigma,
-                                 noise_correlation=rho)
+                                 learning_rate=1e-30, noise_correlation=rho, **std_flag)
         noise = np.stack([np.asarray(state.envs.noise) for state in states[1:]])  # [10, N, A]
         innovation_std = sigma * np.sqrt(1 - rho**2)
         assert np.std(noise[0]) == pytest.approx(innovation_std, rel=0.15)
@@ -1212,10 +1220,12 @@ class CorrelatedNoiseTests:
         assert np.all(noise[8] == 0)  # the 9th step ended every episode
         assert np.std(noise[9]) == pytest.approx(innovation_std, rel=0.15)
         transitions = jax.tree.map(np.asarray, states[-1].buffer.transitions)  # [N, C, ...]
-        mu = jax.vmap(jax.vmap(states[0].network.actor))(transitions.obs[:, :steps])
-        expected = np.clip(np.asarray(mu) + noise.swapaxes(0, 1), -1, 1)  # [N, 10, A]
+        actor = states[0].network.actor
+        expected = jax.vmap(jax.vmap(lambda obs, x: self.action_of_noise(module, actor, obs, x)))(
+            transitions.obs[:, :steps], noise.swapaxes(0, 1))  # [N, 10, A]
         used = [t for t in range(steps) if t != 8]  # step 8's noise was not kept (the restart)
-        np.testing.assert_allclose(transitions.action[:, used], expected[:, used], atol=1e-5)
+        np.testing.assert_allclose(transitions.action[:, used], np.asarray(expected)[:, used],
+                                   atol=1e-5)
 
 
 class TorsoTests:

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from algo_files import load_algo
-from contract import (ContinuousActionTests, ContractTests, RandomActionsTests, ReplayBufferTests,
-                      continuous_replay_algo, run_small, squashed_gaussian_actor_head)
+from contract import (ContinuousActionTests, ContractTests, CorrelatedNoiseTests,
+                      RandomActionsTests, ReplayBufferTests, continuous_replay_algo, run_small,
+                      squashed_gaussian_actor_head)
 
 SAC = continuous_replay_algo(
-    "sac", help_flags=("--no-autotune", "--alpha"),
+    "sac", help_flags=("--no-autotune", "--alpha", "--noise-correlation"),
     help_text="the temperature with --no-autotune",
-    bad_inputs=((["--alpha", 0], ["--alpha", "positive"]),),
+    bad_inputs=((["--alpha", 0], ["--alpha", "positive"]),
+                (["--noise-correlation", 1.0], ["--noise-correlation", "[0, 1)"])),
     loss_tags=("qf_loss", "qf1_loss", "qf2_loss", "qf1_values", "qf2_values", "actor_loss",
                "alpha", "alpha_loss"),
     head=squashed_gaussian_actor_head,
@@ -22,14 +24,20 @@ SAC = continuous_replay_algo(
     # an entropy bonus too small to move them
     chain=dict(tau=0.1, autotune=False, alpha=1e-3),
     learn_flags=("--total-timesteps", 10_000, "--batch-size", 64),
-    changed_flags=(("autotune", False), ("tau", 0.5)),
+    changed_flags=(("autotune", False), ("tau", 0.5), ("noise_correlation", 0.9)),
 )
 
 
-class TestContract(ContinuousActionTests, RandomActionsTests, ReplayBufferTests, ContractTests):
+class TestContract(ContinuousActionTests, RandomActionsTests, CorrelatedNoiseTests,
+                   ReplayBufferTests, ContractTests):
     algo = SAC
     values_tag = "qf1_values"
     policy_action_std_below = None
+    noise_std_flag = None  # the noise is the standard normal of the policy's sample
+
+    def action_of_noise(self, module, actor, obs, noise):
+        """tanh(mean + std noise), the squashed sample of that noise."""
+        return module.reparameterised_action(actor, obs, noise, jnp.ones_like(noise))[0]
     # no continuous-action gymnax environment has image observations: not collected here
     test_image_observations_train = None
 
