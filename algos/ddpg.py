@@ -17,7 +17,8 @@ Implementation details, measured returns and speed: docs/ddpg.md.
 
 Usage:
     python algos/ddpg.py --env Pendulum-v1
-    python algos/ddpg.py --env MountainCarContinuous-v0 --num-seeds 8 --total-timesteps 300000
+    python algos/ddpg.py --env MountainCarContinuous-v0 --num-seeds 8 --total-timesteps 150000 \\
+        --noise-correlation 0.99 --exploration-noise 0.9 --num-envs 4 --train-frequency 4
     python algos/ddpg.py --load-model runs/<run>/model.eqx --eval-only --capture-video
     python algos/ddpg.py --help
 

@@ -20,7 +20,8 @@ Implementation details, measured returns and speed: docs/sac.md.
 
 Usage:
     python algos/sac.py --env Pendulum-v1
-    python algos/sac.py --env MountainCarContinuous-v0 --num-seeds 8 --total-timesteps 300000
+    python algos/sac.py --env MountainCarContinuous-v0 --num-seeds 8 --total-timesteps 50000 \\
+        --noise-correlation 0.99 --num-envs 4 --train-frequency 4
     python algos/sac.py --load-model runs/<run>/model.eqx --eval-only --capture-video
     python algos/sac.py --help
 

@@ -18,7 +18,8 @@ Implementation details, measured returns and speed: docs/td3.md.
 
 Usage:
     python algos/td3.py --env Pendulum-v1
-    python algos/td3.py --env MountainCarContinuous-v0 --num-seeds 8 --total-timesteps 300000
+    python algos/td3.py --env MountainCarContinuous-v0 --num-seeds 8 --total-timesteps 150000 \\
+        --noise-correlation 0.99 --exploration-noise 0.9 --num-envs 4 --train-frequency 4
     python algos/td3.py --load-model runs/<run>/model.eqx --eval-only --capture-video
     python algos/td3.py --help
 
