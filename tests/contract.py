@@ -100,6 +100,9 @@ class Algo:
     # flags that every command-line run of the contract adds (a replay buffer's
     # --learning-starts must lie within the few thousand steps of a tiny run)
     cli_flags: tuple = ()
+    # environment steps per chunk of the Ctrl-C run (400 chunks): the chunk that runs after the
+    # signal is the test's main cost
+    ctrl_c_chunk_steps: int = 5_000
     # network, one observation -> (action preferences [A], value of the state []): the
     # logits and the critic's value of an actor-critic, Q and max Q of a Q-network
     head: Callable = actor_critic_head
@@ -739,8 +742,9 @@ class ContractTests:
     def test_ctrl_c_stops_after_the_chunk_and_saves(self, tmp_path, tmp_path_factory):
         """Also: --no-compile-cache writes no compilation cache."""
         cache = tmp_path_factory.mktemp("unused_cache")
-        # 2M steps in 400 chunks: far longer than the wait for a line.
-        command = [algo_path(self.algo.name), "--total-timesteps", 2_000_000, "--num-chunks", 400,
+        # 400 chunks: far longer than the wait for a line.
+        steps = 400 * self.algo.ctrl_c_chunk_steps
+        command = [algo_path(self.algo.name), "--total-timesteps", steps, "--num-chunks", 400,
                    "--save-model", "--no-compile-cache", *self.algo.cli_flags, "--log-dir", tmp_path]
         process = subprocess.Popen([sys.executable, *map(str, command)], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True,
@@ -1029,6 +1033,9 @@ def continuous_replay_algo(name: str, help_flags: tuple[str, ...], help_text: st
         # command-line runs: learning from step 1000, on minibatches of 64 (256-256 networks
         # on 256 transitions cost about 5 ms a gradient step on one core)
         cli_flags=("--learning-starts", 1000, "--batch-size", 64),
+        # the first chunk acts at random until --learning-starts, the second (after the signal)
+        # takes 1000 gradient steps; 5000 took 120-220 s of a worker (2026-12-07)
+        ctrl_c_chunk_steps=1_000,
         head=head,
         policy_starts_uniform=False,
         changed_flags=changed_flags,
