@@ -2,8 +2,8 @@
 continuous twins of its test environments, with the replay buffer's tests."""
 
 from contract import (ContinuousActionTests, ContractTests, CorrelatedNoiseTests,
-                      RandomActionsTests, ReplayBufferTests,
-                      continuous_replay_algo, deterministic_actor_head)
+                      RandomActionsTests, ReplayBufferTests, continuous_replay_algo,
+                      deterministic_actor_head)
 
 DDPG = continuous_replay_algo(
     "ddpg", help_flags=("--exploration-noise", "--noise-correlation", "--policy-frequency"),

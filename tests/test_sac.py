@@ -34,12 +34,12 @@ class TestContract(ContinuousActionTests, RandomActionsTests, CorrelatedNoiseTes
     values_tag = "qf1_values"
     policy_action_std_below = None
     noise_std_flag = None  # the noise is the standard normal of the policy's sample
+    # no continuous-action gymnax environment has image observations: not collected here
+    test_image_observations_train = None
 
     def action_of_noise(self, module, actor, obs, noise):
         """tanh(mean + std noise), the squashed sample of that noise."""
         return module.reparameterised_action(actor, obs, noise, jnp.ones_like(noise))[0]
-    # no continuous-action gymnax environment has image observations: not collected here
-    test_image_observations_train = None
 
 
 @pytest.fixture(scope="module")

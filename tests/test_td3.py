@@ -9,9 +9,8 @@ import pytest
 
 from algo_files import load_algo
 from contract import (ContinuousActionTests, ContractTests, CorrelatedNoiseTests,
-                      RandomActionsTests, ReplayBufferTests,
-                      continuous_replay_algo, deterministic_actor_head, same_networks,
-                      train_chunks)
+                      RandomActionsTests, ReplayBufferTests, continuous_replay_algo,
+                      deterministic_actor_head, same_networks, train_chunks)
 
 TD3 = continuous_replay_algo(
     "td3", help_flags=("--policy-noise", "--noise-clip", "--exploration-noise",
